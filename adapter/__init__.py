@@ -1,0 +1,34 @@
+"""miso-adapter: feed Miso's Interactions API from Segment and Mixpanel.
+
+Public surface: :func:`create_app` (the Flask app factory used by ``wsgi.py`` and
+gunicorn), :func:`load_mapping` and :class:`Translator` (compile a mapping table and
+translate source events), :class:`Translation`, :class:`Link`, :class:`MappingError`.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from adapter.identity import Link
+from adapter.mapping import MappingError, Translation, Translator, load_mapping
+
+if TYPE_CHECKING:
+    from flask import Flask
+
+__all__ = ["Link", "MappingError", "Translation", "Translator", "create_app", "load_mapping"]
+
+
+def create_app(test_config: dict[str, Any] | None = None) -> Flask:
+    """Build the Flask app; ``test_config`` replaces settings read from the environment."""
+    # Imported here so the CLI's translate path never pays for Flask's import.
+    from flask import Flask
+
+    from adapter import web
+    from adapter.config import Config
+
+    app = Flask(__name__)
+    app.config.from_object(Config())
+    if test_config is not None:
+        app.config.update(test_config)
+    web.init_app(app)
+    return app

@@ -1,0 +1,176 @@
+"""`miso-adapter translate`: JSON object, array or JSON Lines in; Miso records as JSONL out."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+from pathlib import Path
+
+import orjson
+import pytest
+
+from adapter import cli
+
+ROOT = Path(__file__).resolve().parent.parent
+
+VIEW = {
+    "type": "track",
+    "event": "Product Viewed",
+    "userId": "u1",
+    "messageId": "m1",
+    "timestamp": "2024-05-01T10:00:00.123Z",
+    "properties": {"product_id": "p1"},
+}
+UNKNOWN = {"type": "track", "event": "Newsletter Opened", "anonymousId": "a1"}
+RECORD = {
+    "type": "product_detail_page_view",
+    "user_id": "u1",
+    "timestamp": "2024-05-01T10:00:00.123Z",
+    "product_ids": ["p1"],
+}
+
+
+def run(tmp_path, capsys, data: bytes, *extra: str) -> tuple[int, list[dict], list[str]]:
+    """Run translate on ``data`` (written to a file); return code, records, stderr lines."""
+    path = tmp_path / "input.json"
+    path.write_bytes(data)
+    code = cli.main(["translate", "segment", str(path), *extra])
+    captured = capsys.readouterr()
+    records = [orjson.loads(line) for line in captured.out.splitlines()]
+    return code, records, captured.err.splitlines()
+
+
+def test_jsonl_input(tmp_path, capsys):
+    """JSON Lines: one record per translated line, one stderr line per skipped line."""
+    data = b"\n".join(orjson.dumps(m) for m in (VIEW, UNKNOWN, VIEW)) + b"\n"
+    code, records, err = run(tmp_path, capsys, data)
+    assert code == 0
+    assert records == [RECORD, RECORD]
+    assert err == [
+        "line 2: skipped: no rule for event 'Newsletter Opened'",
+        "3 inputs: 2 records, 1 skipped, 0 errors, 0 identity links, 0 deletions",
+    ]
+
+
+def test_json_array_input(tmp_path, capsys):
+    """A JSON array (Webhooks (Actions) batch) is read item by item."""
+    code, records, err = run(tmp_path, capsys, orjson.dumps([VIEW, UNKNOWN]))
+    assert (code, records) == (0, [RECORD])
+    assert err[0] == "item 2: skipped: no rule for event 'Newsletter Opened'"
+
+
+def test_pretty_printed_object_input(tmp_path, capsys):
+    """A single pretty-printed JSON object spanning lines is one message."""
+    code, records, _ = run(tmp_path, capsys, orjson.dumps(VIEW, option=orjson.OPT_INDENT_2))
+    assert (code, records) == (0, [RECORD])
+
+
+def test_tracking_api_batch_input(tmp_path, capsys):
+    """A `{"batch": [...]}` body is unwrapped, its shared context merged into each item."""
+    body = {"batch": [VIEW], "context": {"locale": "fr-FR"}, "writeKey": "k"}
+    code, records, _ = run(tmp_path, capsys, orjson.dumps(body))
+    assert code == 0
+    assert records == [{**RECORD, "context": {"locale": "fr-FR"}}]
+
+
+def test_bad_lines_are_reported_and_skipped(tmp_path, capsys):
+    """A malformed line is reported with its line number; the rest still translates; exit 1."""
+    data = orjson.dumps(VIEW) + b"\n{not json\n\n42\n" + orjson.dumps(VIEW) + b"\n"
+    code, records, err = run(tmp_path, capsys, data)
+    assert code == 1
+    assert records == [RECORD, RECORD]
+    assert err[0].startswith("line 2: error: invalid JSON: ")
+    assert err[1] == "line 4: error: expected a Segment message (JSON object), got number"
+    assert err[-1] == "3 inputs: 2 records, 0 skipped, 2 errors, 0 identity links, 0 deletions"
+
+
+def test_identity_and_deletion_summaries(tmp_path, capsys):
+    """Calls that teach links or request deletion say so on their skipped line."""
+    data = b"\n".join(
+        orjson.dumps(m)
+        for m in (
+            {"type": "identify", "userId": "u1", "anonymousId": "a1"},
+            {"type": "delete", "userId": "u1"},
+        )
+    )
+    code, records, err = run(tmp_path, capsys, data)
+    assert (code, records) == (0, [])
+    assert err == [
+        "line 1: skipped: identity call, not an interaction (1 identity link)",
+        "line 2: skipped: user deletion request (deletion of user 'u1')",
+        "2 inputs: 0 records, 2 skipped, 0 errors, 1 identity links, 1 deletions",
+    ]
+
+
+def test_stdin(monkeypatch, capsys):
+    """`-` (and no file at all) reads standard input."""
+    for argv in (["translate", "segment", "-"], ["translate", "segment"]):
+        monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(orjson.dumps(VIEW))))
+        assert cli.main(argv) == 0
+        assert orjson.loads(capsys.readouterr().out) == RECORD
+
+
+def test_empty_input(tmp_path, capsys):
+    """An empty file translates to nothing, successfully."""
+    code, records, err = run(tmp_path, capsys, b"\n\n")
+    assert (code, records) == (0, [])
+    assert err == ["0 inputs: 0 records, 0 skipped, 0 errors, 0 identity links, 0 deletions"]
+
+
+def test_missing_file(capsys):
+    """A file that does not exist is exit 1 with a one-line reason."""
+    assert cli.main(["translate", "segment", "/nonexistent/x.jsonl"]) == 1
+    assert capsys.readouterr().err == (
+        "error: cannot read /nonexistent/x.jsonl: No such file or directory\n"
+    )
+
+
+def test_broken_mapping_stops_translate(tmp_path, capsys):
+    """translate refuses to run on a broken mapping, naming file, line and key."""
+    (tmp_path / "segment.yaml").write_text("event_name: event\nrules:\n  - events: [A]\n")
+    code = cli.main(["translate", "segment", "--mappings", str(tmp_path), "-"])
+    assert code == 1
+    assert capsys.readouterr().err.startswith(f"error: {tmp_path / 'segment.yaml'}:3: rules[0]: ")
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["translate"], ["translate", "amplitude", "-"], ["frobnicate"], ["mappings", "check", "-x"]],
+)
+def test_usage_errors_exit_2(argv, capsys):
+    """Wrong arguments are a usage error: exit 2."""
+    with pytest.raises(SystemExit) as caught:
+        cli.main(argv)
+    assert caught.value.code == 2
+
+
+def test_no_command_prints_help(capsys):
+    """Running without a command shows the commands and exits 2."""
+    assert cli.main([]) == 2
+    assert "translate" in capsys.readouterr().err
+
+
+def test_console_script_on_bundled_example():
+    """The installed `miso-adapter` runs the README's first command on the bundled example."""
+    example = ROOT / "examples" / "segment-events.jsonl"
+    done = subprocess.run(
+        [sys.executable, "-m", "adapter.cli", "translate", "segment", str(example)],
+        capture_output=True,
+        check=False,
+        cwd=ROOT,
+    )
+    assert done.returncode == 0, done.stderr.decode()
+    records = [orjson.loads(line) for line in done.stdout.splitlines()]
+    assert len(records) >= 10
+    assert {r["type"] for r in records} >= {"product_detail_page_view", "add_to_cart", "checkout"}
+    assert "Traceback" not in done.stderr.decode()
+
+
+def test_options_may_follow_the_source(tmp_path, capsys):
+    """`translate segment --mappings DIR FILE` works: options go anywhere."""
+    folder = ROOT / "mappings"
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(orjson.dumps(VIEW))
+    assert cli.main(["translate", "segment", "--mappings", str(folder), str(path)]) == 0
+    assert orjson.loads(capsys.readouterr().out) == RECORD
