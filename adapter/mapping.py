@@ -433,7 +433,7 @@ class _Rule:
     label: str
     type: str | None
     skip: str | None
-    setters: list[tuple[tuple[str, ...], Resolver]] = field(default_factory=list)
+    fields: Callable[[Any, dict], dict | None] | None = None
     items: _Items | None = None
     item_fields: tuple[str, ...] = ()
     links: list[tuple[Resolver, Resolver]] = field(default_factory=list)
@@ -454,6 +454,10 @@ def _resolver(spec: _ValueSpec, convert: Callable[[Any], Any]) -> Resolver:
         default = convert(spec.default)
         if default is None:
             raise ValueError(f"default {spec.default!r} is not a valid value here")
+    if len(spec.paths) == 1:
+        keys = _key_chain(spec.paths[0])
+        if keys is not None and 1 <= len(keys) <= 3:
+            return _chain_resolver(keys, convert, default)
     getters = [_compile_getter(p) for p in spec.paths]
     if len(getters) == 1:
         (getter,) = getters
@@ -479,11 +483,95 @@ def _resolver(spec: _ValueSpec, convert: Callable[[Any], Any]) -> Resolver:
     return resolve_first
 
 
-def _set_path(record: dict, target: tuple[str, ...], value: Any) -> None:
-    node = record
-    for part in target[:-1]:
-        node = node.setdefault(part, {})
-    node[target[-1]] = value
+# Objects whose presence requires a key (Miso: context.page needs url). Without it
+# the whole object is left out rather than failing the record.
+_REQUIRED_KEYS = {("context", "page"): "url"}
+
+
+def _key_chain(text: str) -> list[str] | None:
+    """The keys of a path made only of plain keys from the event root, else None."""
+    root, steps = _parse_path(text)
+    if root != "event" or any(kind != "key" for kind, _ in steps):
+        return None
+    return [arg for _, arg in steps]
+
+
+def _chain_resolver(keys: list[str], convert: Callable[[Any], Any], default: Any) -> Resolver:
+    """A resolver for `a`, `a.b` or `a.b.c` with the walk inlined: the hot-path common case."""
+
+    def finish(raw: Any) -> Any:
+        if raw is None:
+            return default
+        got = convert(raw)
+        return default if got is None else got
+
+    if len(keys) == 1:
+        (k1,) = keys
+        return lambda event, env: finish(event.get(k1))
+    if len(keys) == 2:
+        k1, k2 = keys
+
+        def resolve2(event: dict, env: dict) -> Any:
+            inner = event.get(k1)
+            if isinstance(inner, dict):
+                raw = inner.get(k2)
+                if raw is not None:
+                    got = convert(raw)
+                    if got is not None:
+                        return got
+            return default
+
+        return resolve2
+    k1, k2, k3 = keys
+
+    def resolve3(event: dict, env: dict) -> Any:
+        inner = event.get(k1)
+        if isinstance(inner, dict):
+            inner = inner.get(k2)
+            if isinstance(inner, dict):
+                raw = inner.get(k3)
+                if raw is not None:
+                    got = convert(raw)
+                    if got is not None:
+                        return got
+        return default
+
+    return resolve3
+
+
+def _object_builder(
+    setters: list[tuple[tuple[str, ...], Resolver]], at: tuple[str, ...] = ()
+) -> Callable[[Any, dict], dict | None]:
+    """Compile targets like ``context.page.url`` into nested builders, once.
+
+    Building an object is then one pass over its keys; nested objects are built by
+    their own builder and left out when empty, so no record ever carries ``{}``.
+    """
+    leaves: list[tuple[str, Resolver]] = []
+    groups: dict[str, list[tuple[tuple[str, ...], Resolver]]] = {}
+    for target, resolve in setters:
+        if len(target) == 1:
+            leaves.append((target[0], resolve))
+        else:
+            groups.setdefault(target[0], []).append((target[1:], resolve))
+    children = [(key, _object_builder(sub, (*at, key))) for key, sub in groups.items()]
+    required = _REQUIRED_KEYS.get(at)
+
+    def build(event: Any, env: dict) -> dict | None:
+        out = {}
+        for key, resolve in leaves:
+            value = resolve(event, env)
+            if value is not None:
+                out[key] = value
+        for key, child in children:
+            value = child(event, env)
+            if value is not None:
+                out[key] = value
+        if not out or (required is not None and required not in out):
+            return None
+        return out
+
+    return build
 
 
 class _Compiler:
@@ -642,7 +730,7 @@ class _Compiler:
                 label=label,
                 type=miso_type,
                 skip=None,
-                setters=list(merged.items()),
+                fields=_object_builder(list(merged.items())),
                 required=("custom_action_name",) if miso_type == "custom" else (),
             )
             if "items" in raw:
@@ -805,21 +893,11 @@ class Translator:
     @staticmethod
     def _build(rule: _Rule, event: dict, env: dict) -> dict:
         record: dict[str, Any] = {"type": rule.type}
-        for target, resolve in rule.setters:
-            value = resolve(event, env)
-            if value is not None:
-                if len(target) == 1:
-                    record[target[0]] = value
-                else:
-                    _set_path(record, target, value)
+        built = rule.fields(event, env) if rule.fields is not None else None
+        if built is not None:
+            record.update(built)
         if rule.items is not None:
             _add_items(record, rule.items, rule.item_fields, event, env)
-        page = record.get("context", {}).get("page")
-        if page is not None and "url" not in page:
-            # Miso requires page.url whenever page is present; a referrer alone is dropped.
-            del record["context"]["page"]
-            if not record["context"]:
-                del record["context"]
         return record
 
 

@@ -80,7 +80,7 @@ def _is_number(value: Any) -> bool:
 
 def to_string(value: Any) -> str | None:
     """A non-empty, stripped string; numbers become their decimal text."""
-    if isinstance(value, str):
+    if value.__class__ is str or isinstance(value, str):
         value = value.strip()
         return value or None
     if _is_number(value):
