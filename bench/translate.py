@@ -66,7 +66,9 @@ def make_message(rng: random.Random, index: int) -> dict:
     """One realistic analytics.js message as Segment's webhook delivers it."""
     kind, event, _ = rng.choices(_MIX, weights=[w for *_, w in _MIX])[0]
     anon = f"{rng.getrandbits(128):032x}"
-    stamp = f"2024-05-{1 + index % 28:02d}T{index % 24:02d}:{index % 60:02d}:{rng.randint(0, 59):02d}.{rng.randint(0, 999):03d}Z"
+    day, hour, minute = 1 + index % 28, index % 24, index % 60
+    second, milli = rng.randint(0, 59), rng.randint(0, 999)
+    stamp = f"2024-05-{day:02d}T{hour:02d}:{minute:02d}:{second:02d}.{milli:03d}Z"
     path = rng.choice(["/", "/products/507f1f77", "/c/shoes", "/about"])
     message: dict = {
         "type": kind,

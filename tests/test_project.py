@@ -1,0 +1,100 @@
+"""The project as a new user meets it: README commands, documented examples, the app factory."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from adapter import create_app
+from adapter.mapping import MappingError, load_mapping_text
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def readme_commands() -> list[str]:
+    """The shell commands of the README's quick start, in order."""
+    text = (ROOT / "README.md").read_text()
+    quick = text.split("## Quick start", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```sh\n(.+?)\n```", quick)
+
+
+def test_readme_opens_with_exactly_two_commands():
+    """The quick start is two commands: install+run, and install tests+run the suite."""
+    install_run, test = readme_commands()
+    assert "pip install" in install_run and "miso-adapter translate" in install_run
+    assert "'.[test]'" in test and "pytest" in test
+
+
+def test_ci_runs_the_readme_test_command():
+    """.ci/run runs the very line a new user types to run the tests."""
+    test = readme_commands()[1]
+    ci_lines = (ROOT / ".ci" / "run").read_text().splitlines()
+    assert test in ci_lines
+
+
+def test_readme_example_file_exists():
+    """The file the README's first command translates is shipped."""
+    install_run = readme_commands()[0]
+    example = install_run.rsplit(" ", 1)[1]
+    assert (ROOT / example).is_file()
+
+
+def test_format_reference_example_compiles_and_translates():
+    """The complete example in mappings/README.md is a valid table that does what it says."""
+    text = (ROOT / "mappings" / "README.md").read_text()
+    example = re.search(r"## A complete small example\n\n```yaml\n(.+?)```", text, re.S).group(1)
+    table = load_mapping_text(example, "mappings/README.md")
+    page = {"type": "page", "anonymousId": "a1", "properties": {"path": "/products/sku-1"}}
+    assert table.translate(page).records == [
+        {"type": "product_detail_page_view", "anonymous_id": "a1", "product_ids": ["sku-1"]}
+    ]
+    alias = {"type": "alias", "userId": "u1", "previousId": "old"}
+    assert [tuple(link) for link in table.translate(alias).links] == [("old", "u1")]
+
+
+def test_documented_error_lines_match_the_shipped_table():
+    """The error examples in mappings/README.md point at the real lines of segment.yaml."""
+    doc = (ROOT / "mappings" / "README.md").read_text()
+    lines = (ROOT / "mappings" / "segment.yaml").read_text().splitlines()
+    search_line = int(re.search(r"segment\.yaml:(\d+): rules\[0\]\.type", doc).group(1))
+    assert lines[search_line - 1].strip() == "type: search"
+    category_line = int(re.search(r"segment\.yaml:(\d+): rules\[1\]\.fields", doc).group(1))
+    assert lines[category_line - 2].strip() == "category: properties.category"
+
+
+class TestAppFactory:
+    def test_fresh_app_with_test_config(self, tmp_path):
+        """create_app takes a test config and compiles the tables it points at."""
+        app = create_app({"TESTING": True, "MAPPINGS_DIR": str(ROOT / "mappings")})
+        assert app.testing
+        assert set(app.extensions["miso-adapter.translators"]) == {"segment"}
+
+    def test_default_app_is_not_testing(self):
+        """Without a test config the app reads the environment and is not in testing mode."""
+        assert not create_app().testing
+
+    def test_healthz(self):
+        """/healthz answers while the process is alive."""
+        client = create_app({"TESTING": True}).test_client()
+        response = client.get("/healthz")
+        assert (response.status_code, response.json) == (200, {"status": "ok"})
+
+    def test_errors_have_one_json_shape(self):
+        """An unknown route answers the one JSON error shape."""
+        response = create_app({"TESTING": True}).test_client().get("/nope")
+        assert response.status_code == 404
+        assert set(response.json) == {"error", "status"} and response.json["status"] == 404
+
+    def test_broken_mapping_stops_start_up(self, tmp_path):
+        """A broken table fails app creation with file, line and key, not later per event."""
+        (tmp_path / "segment.yaml").write_text("event_name: event\nrules:\n  - type: like\n")
+        with pytest.raises(MappingError, match=r"segment\.yaml:3: rules\[0\]: a rule needs"):
+            create_app({"TESTING": True, "MAPPINGS_DIR": str(tmp_path)})
+
+    def test_wsgi_module_exposes_app(self):
+        """gunicorn's `wsgi:app` is a Flask app built by the factory."""
+        import wsgi
+
+        assert wsgi.app.name == "adapter"
