@@ -581,6 +581,9 @@ class _Compiler:
         self.located = located
         self.filename = filename
         self.problems: list[Problem] = []
+        # Named captures `$match.NAME` may read: those of the page rule being compiled,
+        # None outside page rules.
+        self.captures: set[str] | None = None
 
     def problem(self, path: KeyPath, message: str) -> None:
         self.problems.append(
@@ -594,15 +597,13 @@ class _Compiler:
         except ValueError as exc:
             self.problem(path, str(exc))
             return None
-        if any(p.startswith("$match") for p in spec.paths) and "$match" not in self.scope:
+        if any(p.startswith("$match") for p in spec.paths) and self.captures is None:
             self.problem(path, "$match.NAME only works in a rule with `pages:` patterns")
-        elif "$match" in self.scope:
+        elif self.captures is not None:
             for name in self.match_names_used(spec):
-                if name not in self.scope["$match"]:
+                if name not in self.captures:
                     self.problem(path, f"no page pattern of this rule captures (?P<{name}>…)")
         return resolver
-
-    scope: dict[str, set[str]] = {}  # noqa: RUF012 - replaced per rule
 
     @staticmethod
     def match_names_used(spec: _ValueSpec) -> list[str]:
@@ -701,13 +702,28 @@ class _Compiler:
         item_lists: dict[str, _Items],
         label: str,
     ) -> _Rule | None:
+        """Compile one rule; page rules expose their named captures while compiling."""
+        try:
+            return self._rule(raw, path, common, extra, item_lists, label)
+        finally:
+            self.captures = None
+
+    def _rule(
+        self,
+        raw: dict,
+        path: KeyPath,
+        common: dict[tuple[str, ...], Resolver],
+        extra: dict[tuple[str, ...], Resolver],
+        item_lists: dict[str, _Items],
+        label: str,
+    ) -> _Rule | None:
         patterns: list[re.Pattern[str]] = []
         for index, pattern in enumerate(raw.get("pages", [])):
             try:
                 patterns.append(re.compile(pattern))
             except re.error as exc:
                 self.problem((*path, "pages", index), f"bad regular expression: {exc}")
-        self.scope = {"$match": {n for p in patterns for n in p.groupindex}} if patterns else {}
+        self.captures = {n for p in patterns for n in p.groupindex} if patterns else None
         if "skip" in raw:
             rule = _Rule(label=label, type=None, skip=raw["skip"])
         else:
@@ -758,7 +774,6 @@ class _Compiler:
             rule.links = self.links(raw["links"], (*path, "links"))
         if "delete" in raw:
             rule.delete = self.resolver(raw["delete"], "user_id", (*path, "delete"))
-        self.scope = {}
         return rule
 
 
