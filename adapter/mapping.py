@@ -17,6 +17,7 @@ every record a translator emits has the shape Miso's schema requires.
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import partial
@@ -968,8 +969,12 @@ def _first(getters: list[Getter], convert: Callable[[Any], Any], item: Any, env:
 
 
 def default_mappings_dir() -> Path:
-    """The project's own ``mappings/`` folder (the default ``MAPPINGS_DIR``)."""
-    return Path(__file__).resolve().parent.parent / "mappings"
+    """The default ``MAPPINGS_DIR``: the project's ``mappings/`` (a checkout or editable
+    install), else the copy a regular install puts under ``<prefix>/share/miso-adapter``."""
+    checkout = Path(__file__).resolve().parent.parent / "mappings"
+    if checkout.is_dir():
+        return checkout
+    return Path(sys.prefix) / "share" / "miso-adapter" / "mappings"
 
 
 def load_mapping(path: Path | str) -> Translator:
