@@ -506,6 +506,15 @@ def _chain_resolver(keys: list[str], convert: Callable[[Any], Any], default: Any
         got = convert(raw)
         return default if got is None else got
 
+    resolver = _chain_resolver_for(keys, convert, default, finish)
+    # Object builders read the tag to fetch a shared prefix (context.campaign) once.
+    resolver.chain = (tuple(keys), convert, default)  # type: ignore[attr-defined]
+    return resolver
+
+
+def _chain_resolver_for(
+    keys: list[str], convert: Callable[[Any], Any], default: Any, finish: Callable[[Any], Any]
+) -> Resolver:
     if len(keys) == 1:
         (k1,) = keys
         return lambda event, env: finish(event.get(k1))
@@ -557,9 +566,21 @@ def _object_builder(
             groups.setdefault(target[0], []).append((target[1:], resolve))
     children = [(key, _object_builder(sub, (*at, key))) for key, sub in groups.items()]
     required = _REQUIRED_KEYS.get(at)
+    shared, leaves = _share_prefixes(leaves)
 
     def build(event: Any, env: dict) -> dict | None:
         out = {}
+        for prefix, reads in shared:
+            source = event
+            for step in prefix:
+                source = source.get(step) if isinstance(source, dict) else None
+            if isinstance(source, dict):
+                for key, last, convert in reads:
+                    raw = source.get(last)
+                    if raw is not None:
+                        value = convert(raw)
+                        if value is not None:
+                            out[key] = value
         for key, resolve in leaves:
             value = resolve(event, env)
             if value is not None:
@@ -573,6 +594,24 @@ def _object_builder(
         return out
 
     return build
+
+
+def _share_prefixes(
+    leaves: list[tuple[str, Resolver]],
+) -> tuple[list[tuple[tuple[str, ...], list[tuple[str, str, Any]]]], list[tuple[str, Resolver]]]:
+    """Group leaves that read sibling keys of one source object (``context.campaign.*``).
+
+    Such a group walks to the shared object once instead of once per key. Only plain
+    key-chain reads without a default qualify; everything else stays a leaf.
+    """
+    by_prefix: dict[tuple[str, ...], list[tuple[str, str, Any]]] = {}
+    for key, resolve in leaves:
+        chain = getattr(resolve, "chain", None)
+        if chain is not None and len(chain[0]) >= 2 and chain[2] is None:
+            by_prefix.setdefault(chain[0][:-1], []).append((key, chain[0][-1], chain[1]))
+    shared = [(prefix, reads) for prefix, reads in by_prefix.items() if len(reads) >= 2]
+    grouped = {key for _, reads in shared for key, _, _ in reads}
+    return shared, [(key, resolve) for key, resolve in leaves if key not in grouped]
 
 
 class _Compiler:
