@@ -890,7 +890,7 @@ class Translator:
         call_key = call.casefold() if call is not None else None
         env["$event"] = name if name is not None else call
         rule: _Rule | None = None
-        reason = None
+        page: Any = _NOTHING  # the page path, once looked at
         is_page_event, named_rule = self._lookup(name) if name is not None else (False, None)
         if self._page_path is not None and (is_page_event or call_key in self._page_calls):
             page = self._page_path(event, env)
@@ -901,21 +901,15 @@ class Translator:
                         env["$match"] = match.groupdict()
                         rule = candidate
                         break
-            reason = f"no rule for page path {page!r}" if page else "page view without a path"
-        if rule is None and name is not None:
+        if rule is None:
             rule = named_rule
-            reason = reason or f"no rule for event {name!r}"
         if rule is None and call_key is not None:
             rule = self._call_rules.get(call_key)
-            reason = reason or f"no rule for call {call!r}"
-        if rule is None:
-            if name is None and call is None:
-                reason = "no event name or call type"
-            elif self._unmatched is not None:
-                rule = self._unmatched
+        if rule is None and (name is not None or call is not None):
+            rule = self._unmatched
         links = self._learn(self._links, event, env)
         if rule is None:
-            return Translation([], links, [], reason)
+            return Translation([], links, [], _unmatched_reason(name, call, page))
         if rule.links:
             links += [x for x in self._learn(rule.links, event, env) if x not in links]
         deletions = []
@@ -954,6 +948,17 @@ class Translator:
         if rule.items is not None:
             _add_items(record, rule.items, rule.item_fields, event, env)
         return record
+
+
+def _unmatched_reason(name: str | None, call: str | None, page: Any) -> str:
+    """Why no rule applied, naming what was looked for (built only when needed)."""
+    if page is not _NOTHING:
+        return f"no rule for page path {page!r}" if page else "page view without a path"
+    if name is not None:
+        return f"no rule for event {name!r}"
+    if call is not None:
+        return f"no rule for call {call!r}"
+    return "no event name or call type"
 
 
 def _add_items(record: dict, items: _Items, wanted: tuple[str, ...], event: Any, env: dict) -> None:
