@@ -1,0 +1,135 @@
+"""The store: spool, dead letters, dedup keys and shared status, behind one interface.
+
+Every entry point (webhook routes, replay) hands translated records to
+:meth:`Store.accept`, which deduplicates and enqueues them in one transaction: when
+it returns, they are durable, and only then do we answer 200. The forwarder
+:meth:`~Store.claim`\\ s batches with a lease, and :meth:`~Store.ack`\\ s,
+:meth:`~Store.retry_later`\\ s or :meth:`~Store.dead_letter`\\ s them. A shared
+backend (Redis) can implement the same interface without touching routes or forwarder.
+
+``open_store(url)`` picks the implementation from ``ADAPTER_STORE``:
+``sqlite:///var/adapter.db`` (relative path) or ``sqlite:////srv/adapter.db`` (absolute).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+__all__ = [
+    "Claimed",
+    "DeadLetter",
+    "Incoming",
+    "Store",
+    "StoreError",
+    "open_store",
+]
+
+
+class StoreError(Exception):
+    """The store cannot persist or read right now (disk full, locked, unreadable)."""
+
+
+@dataclass
+class Incoming:
+    """What one source message produced, to be accepted atomically.
+
+    ``dedup_key`` (e.g. ``segment:<messageId>``) makes a second delivery of the same
+    message a duplicate for the dedup window; ``None`` means "cannot dedup".
+    """
+
+    dedup_key: str | None
+    records: list[bytes] = field(default_factory=list)  # serialised Miso records
+    deletions: list[str] = field(default_factory=list)  # user ids to delete in Miso
+    source: str = "segment"
+
+
+@dataclass
+class Claimed:
+    """A spooled item leased to one forwarder."""
+
+    id: int
+    kind: str  # "record" or "delete"
+    body: bytes
+    attempts: int  # including the current one
+    first_attempt_at: float
+    created_at: float
+
+
+@dataclass
+class DeadLetter:
+    """An item Miso refused, or that could not be delivered in time, with why."""
+
+    id: int
+    kind: str
+    body: bytes
+    source: str
+    reason: str
+    attempts: int
+    created_at: float
+    dead_at: float
+
+
+class Store(Protocol):
+    """The operations routes, replay and forwarder need; nothing else."""
+
+    def accept(self, batch: Sequence[Incoming], dedup_ttl: float) -> list[bool]:
+        """Dedup and enqueue in one transaction; returns a duplicate flag per item."""
+
+    def claim(
+        self, kind: str, limit: int, max_bytes: int, lease: float, owner: str
+    ) -> list[Claimed]:
+        """Lease up to ``limit`` ready items of ``kind`` totalling at most ``max_bytes``."""
+
+    def ack(self, ids: Sequence[int]) -> None:
+        """Delivered: remove from the spool."""
+
+    def retry_later(self, ids: Sequence[int], delay: float, error: str) -> None:
+        """Not delivered yet: make ready again after ``delay`` seconds."""
+
+    def release(self, ids: Sequence[int]) -> None:
+        """Give back unsent (e.g. Miso refused the key): ready now, attempt not counted."""
+
+    def dead_letter(self, items: Sequence[tuple[int, str]]) -> None:
+        """Move spooled items to the dead letters with a reason each."""
+
+    def dead_letters(self, limit: int | None = None) -> list[DeadLetter]:
+        """Dead letters, oldest first."""
+
+    def requeue_dead(self, ids: Sequence[int] | None) -> int:
+        """Put dead letters back on the spool (all when ``ids`` is None); returns how many."""
+
+    def purge_dead(self) -> int:
+        """Delete every dead letter; returns how many."""
+
+    def set_status(self, name: str, value: dict[str, Any] | None) -> None:
+        """Shared status between processes (e.g. the forwarder's view of Miso's key)."""
+
+    def get_status(self, name: str) -> dict[str, Any] | None:
+        """Read a shared status set by any process."""
+
+    def stats(self) -> dict[str, Any]:
+        """Spool depth, oldest waiting age, dead letters."""
+
+    def ping(self) -> None:
+        """Raise StoreError unless the store is writable."""
+
+    def purge_expired(self) -> int:
+        """Drop expired dedup keys; returns how many."""
+
+    def close(self) -> None:
+        """Release connections."""
+
+
+def open_store(url: str) -> Store:
+    """Open the store named by an ``ADAPTER_STORE`` URL."""
+    if url.startswith("sqlite:///"):
+        from adapter.store.sqlite import SqliteStore
+
+        return SqliteStore.from_url(url)
+    scheme = url.split(":", 1)[0] if ":" in url else url
+    raise StoreError(
+        f"unsupported ADAPTER_STORE scheme {scheme!r}: use sqlite:///relative/path.db "
+        "or sqlite:////absolute/path.db"
+    )

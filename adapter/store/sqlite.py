@@ -1,0 +1,319 @@
+"""The embedded store: one SQLite file in WAL mode, shared by every process on the host.
+
+Gunicorn workers, their threads, the forwarder and the CLI each open their own
+connection (one per thread); SQLite's locking makes them one store. Writes are
+``BEGIN IMMEDIATE`` transactions, so two forwarders can never lease the same rows.
+``synchronous=FULL`` by default: a commit survives power loss, not only ``kill -9``
+(``?synchronous=normal`` in the URL trades the power-loss guarantee for speed).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import orjson
+
+from adapter.store import Claimed, DeadLetter, Incoming, StoreError
+
+__all__ = ["SqliteStore"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS spool (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind TEXT NOT NULL,                 -- 'record' (POST) or 'delete' (DELETE user ids)
+    body BLOB NOT NULL,                 -- serialised JSON
+    size INTEGER NOT NULL,
+    source TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    ready_at REAL NOT NULL,             -- not before: backoff delay or lease expiry
+    owner TEXT,                         -- forwarder holding the lease
+    attempts INTEGER NOT NULL DEFAULT 0,
+    first_attempt_at REAL,
+    last_error TEXT
+);
+CREATE INDEX IF NOT EXISTS spool_ready ON spool (kind, ready_at, id);
+CREATE TABLE IF NOT EXISTS dead_letters (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind TEXT NOT NULL,
+    body BLOB NOT NULL,
+    source TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    attempts INTEGER NOT NULL,
+    created_at REAL NOT NULL,
+    dead_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS dedup (
+    key TEXT PRIMARY KEY,
+    expires_at REAL NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS status (
+    name TEXT PRIMARY KEY,
+    value BLOB NOT NULL,
+    updated_at REAL NOT NULL
+);
+"""
+
+_SYNCHRONOUS = {"full": "FULL", "normal": "NORMAL", "extra": "EXTRA"}
+
+
+class SqliteStore:
+    """The :class:`adapter.store.Store` interface on one SQLite file."""
+
+    def __init__(self, path: str | Path, *, synchronous: str = "full", busy_timeout: float = 10.0):
+        self.path = Path(path)
+        if synchronous.lower() not in _SYNCHRONOUS:
+            raise StoreError(f"synchronous must be one of {', '.join(_SYNCHRONOUS)}")
+        self._synchronous = _SYNCHRONOUS[synchronous.lower()]
+        self._busy_ms = int(busy_timeout * 1000)
+        self._local = threading.local()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._conn().executescript(_SCHEMA)
+        except (OSError, sqlite3.Error) as exc:
+            raise StoreError(f"cannot open the store at {self.path}: {exc}") from None
+
+    @classmethod
+    def from_url(cls, url: str) -> SqliteStore:
+        """``sqlite:///relative.db``, ``sqlite:////absolute.db``, ``?synchronous=normal``."""
+        parts = urlsplit(url)
+        path = url[len("sqlite:///") :].split("?", 1)[0]
+        if not path:
+            raise StoreError("ADAPTER_STORE sqlite URL has no path: sqlite:///var/adapter.db")
+        options = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+        unknown = set(options) - {"synchronous"}
+        if unknown:
+            raise StoreError(f"unknown ADAPTER_STORE option(s): {', '.join(sorted(unknown))}")
+        return cls(path, synchronous=options.get("synchronous", "full"))
+
+    def __repr__(self) -> str:
+        return f"<SqliteStore {self.path}>"
+
+    # ------------------------------------------------------------------ connections
+
+    def _conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            # isolation_level=None: we issue BEGIN ourselves, so every transaction is explicit.
+            conn = sqlite3.connect(self.path, isolation_level=None, timeout=self._busy_ms / 1000)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute(f"PRAGMA synchronous={self._synchronous}")
+            conn.execute(f"PRAGMA busy_timeout={self._busy_ms}")
+            self._local.conn = conn
+        return conn
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """An immediate (write-locked) transaction; any SQLite failure is a StoreError."""
+        conn = self._conn()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise StoreError(f"store unavailable: {exc}") from None
+        try:
+            yield conn
+        except sqlite3.Error as exc:
+            conn.execute("ROLLBACK")
+            raise StoreError(f"store write failed: {exc}") from None
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        try:
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise StoreError(f"store commit failed: {exc}") from None
+
+    def _read(self, sql: str, args: Sequence[Any] = ()) -> list[tuple]:
+        try:
+            return self._conn().execute(sql, args).fetchall()
+        except sqlite3.Error as exc:
+            raise StoreError(f"store read failed: {exc}") from None
+
+    def close(self) -> None:
+        """Close this thread's connection."""
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            conn.close()
+            self._local.conn = None
+
+    # ------------------------------------------------------------------ intake
+
+    def accept(self, batch: Sequence[Incoming], dedup_ttl: float) -> list[bool]:
+        """Dedup and enqueue in one transaction: all of it is durable, or none of it."""
+        now = time.time()
+        duplicates: list[bool] = []
+        rows: list[tuple] = []
+        with self._write() as db:
+            for item in batch:
+                if item.dedup_key is not None:
+                    # Inserts a new key, or revives an expired one; a live key changes nothing.
+                    cursor = db.execute(
+                        "INSERT INTO dedup (key, expires_at) VALUES (?, ?) "
+                        "ON CONFLICT (key) DO UPDATE SET expires_at = excluded.expires_at "
+                        "WHERE dedup.expires_at <= ?",
+                        (item.dedup_key, now + dedup_ttl, now),
+                    )
+                    if cursor.rowcount == 0:
+                        duplicates.append(True)
+                        continue
+                duplicates.append(False)
+                for body in item.records:
+                    rows.append(("record", body, len(body), item.source, now, now))
+                if item.deletions:
+                    body = orjson.dumps({"user_ids": item.deletions})
+                    rows.append(("delete", body, len(body), item.source, now, now))
+            if rows:
+                db.executemany(
+                    "INSERT INTO spool (kind, body, size, source, created_at, ready_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    rows,
+                )
+        return duplicates
+
+    # ------------------------------------------------------------------ forwarding
+
+    def claim(
+        self, kind: str, limit: int, max_bytes: int, lease: float, owner: str
+    ) -> list[Claimed]:
+        """Lease the oldest ready items; the first always fits, however large."""
+        now = time.time()
+        with self._write() as db:
+            rows = db.execute(
+                "WITH ready AS ("
+                "  SELECT id, SUM(size + 1) OVER (ORDER BY id) AS running FROM spool"
+                "  WHERE kind = ? AND ready_at <= ? ORDER BY id LIMIT ?"
+                ") "
+                "UPDATE spool SET ready_at = ?, owner = ?, attempts = attempts + 1,"
+                "  first_attempt_at = COALESCE(first_attempt_at, ?) "
+                "WHERE id IN (SELECT id FROM ready WHERE running <= ?"
+                "             OR id = (SELECT MIN(id) FROM ready)) "
+                "RETURNING id, kind, body, attempts, first_attempt_at, created_at",
+                (kind, now, limit, now + lease, owner, now, max_bytes),
+            ).fetchall()
+        rows.sort()
+        return [Claimed(*row) for row in rows]
+
+    def ack(self, ids: Sequence[int]) -> None:
+        """Delivered: gone from the spool."""
+        self._many("DELETE FROM spool WHERE id = ?", [(i,) for i in ids])
+
+    def retry_later(self, ids: Sequence[int], delay: float, error: str) -> None:
+        """Back on the spool after ``delay`` seconds, remembering the last error."""
+        ready = time.time() + delay
+        self._many(
+            "UPDATE spool SET ready_at = ?, owner = NULL, last_error = ? WHERE id = ?",
+            [(ready, error, i) for i in ids],
+        )
+
+    def release(self, ids: Sequence[int]) -> None:
+        """Unsent: ready now, and this attempt does not count."""
+        now = time.time()
+        self._many(
+            "UPDATE spool SET ready_at = ?, owner = NULL, attempts = MAX(attempts - 1, 0) "
+            "WHERE id = ?",
+            [(now, i) for i in ids],
+        )
+
+    def dead_letter(self, items: Sequence[tuple[int, str]]) -> None:
+        """Move items to the dead letters, each with its reason, in one transaction."""
+        if not items:
+            return
+        now = time.time()
+        with self._write() as db:
+            for spool_id, reason in items:
+                db.execute(
+                    "INSERT INTO dead_letters "
+                    "(kind, body, source, reason, attempts, created_at, dead_at) "
+                    "SELECT kind, body, source, ?, attempts, created_at, ? "
+                    "FROM spool WHERE id = ?",
+                    (reason, now, spool_id),
+                )
+                db.execute("DELETE FROM spool WHERE id = ?", (spool_id,))
+
+    def _many(self, sql: str, rows: list[tuple]) -> None:
+        if rows:
+            with self._write() as db:
+                db.executemany(sql, rows)
+
+    # ------------------------------------------------------------------ dead letters
+
+    def dead_letters(self, limit: int | None = None) -> list[DeadLetter]:
+        """Dead letters, oldest first."""
+        sql = (
+            "SELECT id, kind, body, source, reason, attempts, created_at, dead_at "
+            "FROM dead_letters ORDER BY id"
+        )
+        rows = self._read(sql + (" LIMIT ?" if limit else ""), (limit,) if limit else ())
+        return [DeadLetter(*row) for row in rows]
+
+    def requeue_dead(self, ids: Sequence[int] | None) -> int:
+        """Back onto the spool as new items (attempts reset); returns how many moved."""
+        if ids is not None and not ids:
+            return 0
+        now = time.time()
+        where, args = "", ()
+        if ids is not None:
+            where, args = f"WHERE id IN ({','.join('?' * len(ids))})", tuple(ids)
+        with self._write() as db:
+            moved = db.execute(
+                "INSERT INTO spool (kind, body, size, source, created_at, ready_at) "
+                f"SELECT kind, body, length(body), source, created_at, ? FROM dead_letters {where} "
+                "ORDER BY id",
+                (now, *args),
+            ).rowcount
+            db.execute(f"DELETE FROM dead_letters {where}", args)
+        return moved
+
+    def purge_dead(self) -> int:
+        """Delete every dead letter."""
+        with self._write() as db:
+            return db.execute("DELETE FROM dead_letters").rowcount
+
+    # ------------------------------------------------------------------ status, upkeep
+
+    def set_status(self, name: str, value: dict[str, Any] | None) -> None:
+        """Publish (or clear, with None) a status other processes read."""
+        with self._write() as db:
+            if value is None:
+                db.execute("DELETE FROM status WHERE name = ?", (name,))
+            else:
+                db.execute(
+                    "INSERT INTO status (name, value, updated_at) VALUES (?, ?, ?) "
+                    "ON CONFLICT (name) DO UPDATE SET value = excluded.value, "
+                    "updated_at = excluded.updated_at",
+                    (name, orjson.dumps(value), time.time()),
+                )
+
+    def get_status(self, name: str) -> dict[str, Any] | None:
+        """A status published by any process, or None."""
+        rows = self._read("SELECT value FROM status WHERE name = ?", (name,))
+        return orjson.loads(rows[0][0]) if rows else None
+
+    def stats(self) -> dict[str, Any]:
+        """Spool depth by kind, oldest waiting age in seconds, dead letters."""
+        now = time.time()
+        depth, oldest = self._read("SELECT COUNT(*), MIN(created_at) FROM spool")[0]
+        (dead,) = self._read("SELECT COUNT(*) FROM dead_letters")[0]
+        return {
+            "spool": depth,
+            "oldest_age": round(now - oldest, 3) if oldest is not None else 0.0,
+            "dead_letters": dead,
+        }
+
+    def ping(self) -> None:
+        """Take and release the write lock: proves the file is writable right now."""
+        with self._write():
+            pass
+
+    def purge_expired(self) -> int:
+        """Drop dedup keys past their window."""
+        with self._write() as db:
+            return db.execute("DELETE FROM dedup WHERE expires_at <= ?", (time.time(),)).rowcount

@@ -1,0 +1,197 @@
+"""The SQLite store: atomic dedup + enqueue, leases, retries, dead letters, shared status."""
+
+from __future__ import annotations
+
+import multiprocessing
+import threading
+import time
+
+import orjson
+import pytest
+
+from adapter.store import Incoming, StoreError, open_store
+from adapter.store.sqlite import SqliteStore
+
+DAY = 86400.0
+
+
+@pytest.fixture
+def store(tmp_path):
+    """A fresh store in a temporary folder."""
+    s = SqliteStore(tmp_path / "var" / "adapter.db")
+    yield s
+    s.close()
+
+
+def rec(n: int) -> bytes:
+    return orjson.dumps({"type": "like", "user_id": f"u{n}"})
+
+
+def test_open_store_urls(tmp_path, monkeypatch):
+    """sqlite:///relative and sqlite:////absolute URLs; other schemes are a clear error."""
+    monkeypatch.chdir(tmp_path)
+    relative = open_store("sqlite:///var/a.db")
+    assert relative.path.resolve() == (tmp_path / "var" / "a.db").resolve()
+    absolute = open_store(f"sqlite:///{tmp_path}/b.db?synchronous=normal")
+    assert absolute.path == tmp_path / "b.db"
+    with pytest.raises(StoreError, match="unsupported ADAPTER_STORE scheme 'postgres'"):
+        open_store("postgres://x")
+    with pytest.raises(StoreError, match="unknown ADAPTER_STORE option"):
+        open_store("sqlite:///a.db?fast=1")
+
+
+def test_accept_dedups_within_and_across_calls(store):
+    """A dedup key seen before (in the window) is a duplicate and enqueues nothing."""
+    first = store.accept([Incoming("segment:m1", [rec(1)]), Incoming("segment:m1", [rec(1)])], DAY)
+    again = store.accept([Incoming("segment:m1", [rec(1)]), Incoming(None, [rec(2)])], DAY)
+    assert (first, again) == ([False, True], [True, False])
+    assert store.stats()["spool"] == 2
+
+
+def test_dedup_key_expires(store):
+    """After the window, the same key is accepted again."""
+    store.accept([Incoming("k", [rec(1)])], dedup_ttl=0.05)
+    time.sleep(0.1)
+    assert store.accept([Incoming("k", [rec(1)])], dedup_ttl=DAY) == [False]
+    assert store.purge_expired() == 0
+
+
+def test_claim_respects_count_and_bytes(store):
+    """A claim takes the oldest items up to the count and the byte budget."""
+    store.accept([Incoming(None, [rec(n) for n in range(10)])], DAY)
+    size = len(rec(0)) + 1
+    batch = store.claim("record", limit=5, max_bytes=3 * size, lease=30, owner="a")
+    assert [orjson.loads(c.body)["user_id"] for c in batch] == ["u0", "u1", "u2"]
+    assert len(store.claim("record", limit=100, max_bytes=1 << 20, lease=30, owner="a")) == 7
+
+
+def test_oversize_single_item_is_still_claimed(store):
+    """An item larger than the byte budget is claimed alone rather than stuck forever."""
+    store.accept([Incoming(None, [b"x" * 5000, rec(1)])], DAY)
+    assert len(store.claim("record", limit=10, max_bytes=100, lease=30, owner="a")) == 1
+
+
+def test_leased_items_are_not_claimed_twice(store):
+    """Two forwarders never lease the same item while the lease holds."""
+    store.accept([Incoming(None, [rec(n) for n in range(4)])], DAY)
+    a = store.claim("record", 2, 1 << 20, 30, "a")
+    b = store.claim("record", 10, 1 << 20, 30, "b")
+    assert {c.id for c in a}.isdisjoint({c.id for c in b})
+    assert len(a) + len(b) == 4
+    assert store.claim("record", 10, 1 << 20, 30, "c") == []
+
+
+def test_expired_lease_is_claimed_again(store):
+    """Items held by a forwarder that died come back when the lease runs out."""
+    store.accept([Incoming(None, [rec(1)])], DAY)
+    first = store.claim("record", 10, 1 << 20, lease=0.05, owner="dead")
+    time.sleep(0.1)
+    again = store.claim("record", 10, 1 << 20, lease=30, owner="alive")
+    assert [c.id for c in again] == [first[0].id]
+    assert again[0].attempts == 2
+
+
+def test_ack_retry_release(store):
+    """ack removes; retry_later delays; release returns at once without counting."""
+    store.accept([Incoming(None, [rec(1), rec(2), rec(3)])], DAY)
+    one, two, three = store.claim("record", 10, 1 << 20, 30, "a")
+    store.ack([one.id])
+    store.retry_later([two.id], delay=0.1, error="503")
+    store.release([three.id])
+    ready = store.claim("record", 10, 1 << 20, 30, "a")
+    assert [(c.id, c.attempts) for c in ready] == [(three.id, 1)]
+    time.sleep(0.15)
+    assert [c.id for c in store.claim("record", 10, 1 << 20, 30, "a")] == [two.id]
+    assert store.stats()["spool"] == 2
+
+
+def test_dead_letters_keep_body_and_reason(store):
+    """Dead letters hold the record and why; retry puts them back; purge empties them."""
+    store.accept([Incoming(None, [rec(1), rec(2)], source="segment")], DAY)
+    one, two = store.claim("record", 10, 1 << 20, 30, "a")
+    store.dead_letter([(one.id, "Miso 422: product_ids is invalid.")])
+    [dead] = store.dead_letters()
+    assert (dead.body, dead.reason, dead.source) == (
+        rec(1),
+        "Miso 422: product_ids is invalid.",
+        "segment",
+    )
+    assert store.requeue_dead([dead.id]) == 1 and store.dead_letters() == []
+    store.ack([two.id])
+    [back] = store.claim("record", 10, 1 << 20, 30, "a")
+    assert back.body == rec(1) and back.attempts == 1
+    store.dead_letter([(back.id, "again")])
+    assert store.requeue_dead([]) == 0
+    assert store.purge_dead() == 1
+
+
+def test_deletions_are_their_own_kind(store):
+    """A deletion request is spooled as a 'delete' item, claimed apart from records."""
+    store.accept([Incoming("segment:d1", deletions=["u9"])], DAY)
+    assert store.claim("record", 10, 1 << 20, 30, "a") == []
+    [item] = store.claim("delete", 10, 1 << 20, 30, "a")
+    assert orjson.loads(item.body) == {"user_ids": ["u9"]}
+
+
+def test_status_is_shared_between_connections(store):
+    """A status set by one process's connection is read by another's."""
+    other = SqliteStore(store.path)
+    store.set_status("miso_auth", {"status": 401, "message": "invalid api key."})
+    assert other.get_status("miso_auth") == {"status": 401, "message": "invalid api key."}
+    store.set_status("miso_auth", None)
+    assert other.get_status("miso_auth") is None
+
+
+def test_stats(store):
+    """stats reports spool depth, oldest age and dead letters."""
+    assert store.stats() == {"spool": 0, "oldest_age": 0.0, "dead_letters": 0}
+    store.accept([Incoming(None, [rec(1)])], DAY)
+    time.sleep(0.02)
+    stats = store.stats()
+    assert stats["spool"] == 1 and stats["oldest_age"] > 0
+
+
+def test_unwritable_store_raises_store_error(tmp_path):
+    """A store that cannot be created is a StoreError naming the path."""
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(StoreError, match="cannot open the store"):
+        SqliteStore(blocker / "adapter.db")
+
+
+def test_threads_share_one_store(store):
+    """Each thread gets its own connection; concurrent accepts all land."""
+
+    def worker(n):
+        for i in range(20):
+            store.accept([Incoming(f"t{n}-{i}", [rec(i)])], DAY)
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert store.stats()["spool"] == 80
+
+
+def _claim_all(path, owner, out):
+    s = SqliteStore(path)
+    got = []
+    while batch := s.claim("record", 7, 1 << 20, 30, owner):
+        got += [c.id for c in batch]
+    out.put(got)
+
+
+def test_processes_never_claim_the_same_item(store):
+    """Forwarder processes racing on one file lease disjoint sets covering everything."""
+    store.accept([Incoming(None, [rec(n) for n in range(300)])], DAY)
+    ctx = multiprocessing.get_context("spawn")
+    out = ctx.Queue()
+    procs = [ctx.Process(target=_claim_all, args=(store.path, f"p{i}", out)) for i in range(3)]
+    for p in procs:
+        p.start()
+    results = [out.get(timeout=30) for _ in procs]
+    for p in procs:
+        p.join()
+    claimed = [i for r in results for i in r]
+    assert len(claimed) == 300 and len(set(claimed)) == 300
