@@ -1,0 +1,250 @@
+"""The forwarder: moves spooled records to Miso, exactly once in normal operation.
+
+One cycle (:meth:`Forwarder.step`) leases a batch (≤ 1,000 records, ≤ 1 MiB), checks
+each record against the Miso model, sends the valid ones, and acts on the answer
+(SPEC §6):
+
+* 200: ack.
+* 422: Miso inserted nothing. Dead-letter the records it names, with its message, and
+  resend the rest at once; if it names none, split the batch to find them.
+* 408/429/5xx, connection errors, timeouts: retry later with exponential backoff and
+  jitter, never sooner than ``Retry-After``; after ``max_retry_age`` seconds of
+  trying, dead-letter with the last error.
+* 401/403 (or a 404 from a wrong URL): stop, keep everything, publish the reason for
+  ``/readyz``, and probe again every ``pause_interval`` seconds.
+
+Leases make several forwarders safe: an item is sent by the process holding its
+lease, and only comes back to another one if that process dies.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import socket
+import threading
+import time
+from dataclasses import dataclass
+
+import orjson
+
+from adapter import records
+from adapter.miso import MisoClient, Outcome
+from adapter.store import Claimed, Store, StoreError
+
+__all__ = ["MISO_STATUS", "Forwarder", "ForwarderSettings"]
+
+log = logging.getLogger("adapter.forwarder")
+
+#: The shared status name under which the forwarder publishes Miso's refusal.
+MISO_STATUS = "miso"
+
+
+@dataclass
+class ForwarderSettings:
+    """Tunables; the defaults follow Miso's own SDK and SPEC §6."""
+
+    batch_size: int = 1000
+    max_bytes: int = 1 << 20  # 1 MiB request body, as Miso's SDK
+    lease: float = 30.0  # must exceed the request timeout, so a slow send is not re-sent
+    flush_interval: float = 1.0  # records never wait longer than this for a batch
+    backoff_base: float = 1.0
+    backoff_cap: float = 300.0
+    max_retry_age: float = 24 * 3600.0  # give up (dead-letter) after trying this long
+    pause_interval: float = 30.0  # while Miso refuses the key, probe this often
+
+
+def _backoff(attempts: int, settings: ForwarderSettings, retry_after: float | None) -> float:
+    """Exponential backoff with full jitter, never below Retry-After."""
+    ceiling = min(settings.backoff_cap, settings.backoff_base * 2 ** max(attempts - 1, 0))
+    delay = random.uniform(ceiling / 2, ceiling)  # "equal jitter": spread, but not near 0
+    return max(delay, retry_after or 0.0)
+
+
+class Forwarder:
+    """Claims, validates, sends and settles spooled items; run one or many."""
+
+    def __init__(
+        self,
+        store: Store,
+        client: MisoClient | None,
+        settings: ForwarderSettings | None = None,
+        *,
+        owner: str | None = None,
+    ) -> None:
+        self.store = store
+        self.client = client
+        self.settings = settings or ForwarderSettings()
+        self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
+        self.paused_until = 0.0
+
+    def __repr__(self) -> str:
+        return f"<Forwarder {self.owner} via {self.client!r}>"
+
+    # ------------------------------------------------------------------ running
+
+    def run(self, stop: threading.Event) -> None:
+        """Forward until ``stop`` is set; survives store and network trouble."""
+        if self.client is None:
+            log.warning("MISO_API_KEY is not set: records are kept in the spool, nothing is sent")
+        last_upkeep = 0.0
+        while not stop.is_set():
+            try:
+                busy = self.step()
+                if time.monotonic() - last_upkeep > 3600:
+                    self.store.purge_expired()
+                    last_upkeep = time.monotonic()
+            except StoreError as exc:
+                log.error("store unavailable, retrying: %s", exc)
+                busy = False
+            if not busy:
+                stop.wait(self._idle_wait())
+
+    def _idle_wait(self) -> float:
+        if self.paused_until > time.time():
+            return min(self.settings.flush_interval * 5, self.paused_until - time.time())
+        return self.settings.flush_interval
+
+    def step(self) -> bool:
+        """One cycle over deletions and records; True when a full batch was sent."""
+        if self.client is None or self.paused_until > time.time():
+            return False
+        self._forward_deletions()
+        s = self.settings
+        batch = self.store.claim("record", s.batch_size, s.max_bytes, s.lease, self.owner)
+        if not batch:
+            return False
+        self._send_records(batch)
+        return len(batch) == s.batch_size
+
+    # ------------------------------------------------------------------ records
+
+    def _send_records(self, batch: list[Claimed]) -> None:
+        valid: list[Claimed] = []
+        invalid: list[tuple[int, str]] = []
+        for item in batch:
+            problem = _invalid(item.body)
+            if problem is None:
+                valid.append(item)
+            else:
+                invalid.append((item.id, f"not sent, invalid for Miso: {problem}"))
+        if invalid:
+            self.store.dead_letter(invalid)
+            log.warning("dead-lettered %d invalid records before sending", len(invalid))
+        pending = [valid] if valid else []
+        while pending:
+            items = pending.pop()
+            outcome = self.client.send([i.body for i in items])  # type: ignore[union-attr]
+            pending.extend(self._settle(items, outcome))
+
+    def _settle(self, items: list[Claimed], outcome: Outcome) -> list[list[Claimed]]:
+        """Act on Miso's answer; return sub-batches that should be sent again now."""
+        ids = [i.id for i in items]
+        if outcome.kind == "ok":
+            self.store.ack(ids)
+            if self.paused_until:
+                self._resume()
+            return []
+        if outcome.kind == "rejected":
+            named = {i: msg for i, msg in outcome.rejected.items() if 0 <= i < len(items)}
+            if named:
+                self.store.dead_letter(
+                    [(items[i].id, f"Miso refused it (422): {msg}") for i, msg in named.items()]
+                )
+                log.warning("Miso refused %d of %d records (422)", len(named), len(items))
+                rest = [item for i, item in enumerate(items) if i not in named]
+                return [rest] if rest else []
+            return self._split(items, f"Miso refused it (422): {outcome.message}")
+        if outcome.kind == "too_large":
+            return self._split(items, f"Miso refused its size (413): {outcome.message}")
+        if outcome.kind in ("auth", "setup"):
+            self.store.release(ids)
+            self._pause(outcome)
+            return []
+        if outcome.kind == "retry":
+            self._retry(items, outcome)
+            return []
+        reason = f"Miso refused it ({outcome.status}): {outcome.message}"
+        self.store.dead_letter([(i, reason) for i in ids])
+        log.error("dead-lettered %d records: %s", len(ids), reason)
+        return []
+
+    def _split(self, items: list[Claimed], reason: str) -> list[list[Claimed]]:
+        """Halve a refused batch to isolate what Miso will not take; a single item is dead."""
+        if len(items) == 1:
+            self.store.dead_letter([(items[0].id, reason)])
+            return []
+        middle = len(items) // 2
+        return [items[middle:], items[:middle]]
+
+    def _retry(self, items: list[Claimed], outcome: Outcome) -> None:
+        now = time.time()
+        error = f"{outcome.status or 'network'}: {outcome.message}"[:500]
+        expired = [i for i in items if now - i.first_attempt_at >= self.settings.max_retry_age]
+        if expired:
+            hours = self.settings.max_retry_age / 3600
+            self.store.dead_letter(
+                [
+                    (i.id, f"gave up after {i.attempts} attempts in {hours:g} h; last: {error}")
+                    for i in expired
+                ]
+            )
+        waiting = [i for i in items if i not in expired]
+        if waiting:
+            delay = _backoff(max(i.attempts for i in waiting), self.settings, outcome.retry_after)
+            self.store.retry_later([i.id for i in waiting], delay, error)
+            log.warning(
+                "Miso unavailable (%s); %d records retry in %.1fs", error, len(waiting), delay
+            )
+
+    # ------------------------------------------------------------------ deletions
+
+    def _forward_deletions(self) -> None:
+        s = self.settings
+        for item in self.store.claim("delete", 100, s.max_bytes, s.lease, self.owner):
+            user_ids = orjson.loads(item.body)["user_ids"]
+            outcome = self.client.delete(user_ids)  # type: ignore[union-attr]
+            if outcome.kind == "rejected":
+                outcome.kind = "fatal"  # a deletion has no records to pick apart
+            self._settle([item], outcome)
+
+    # ------------------------------------------------------------------ pause
+
+    def _pause(self, outcome: Outcome) -> None:
+        first = not self.paused_until
+        self.paused_until = time.time() + self.settings.pause_interval
+        what = (
+            "refused the API key" if outcome.kind == "auth" else "cannot be reached as configured"
+        )
+        self.store.set_status(
+            MISO_STATUS,
+            {
+                "ready": False,
+                "reason": f"Miso {what} ({outcome.status}): {outcome.message}",
+                "since": time.time(),
+            },
+        )
+        if first:
+            log.error(
+                "Miso %s (%s): %s. Sending paused, nothing is lost; retrying every %gs.",
+                what,
+                outcome.status,
+                outcome.message,
+                self.settings.pause_interval,
+            )
+
+    def _resume(self) -> None:
+        self.paused_until = 0.0
+        self.store.set_status(MISO_STATUS, None)
+        log.warning("Miso accepts the key again: sending resumed")
+
+
+def _invalid(body: bytes) -> str | None:
+    """Why a spooled record would fail Miso's schema, or None when it is valid."""
+    try:
+        record = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        return f"not JSON: {exc}"
+    errors = records.record_errors(record)
+    return orjson.dumps(errors).decode() if errors else None

@@ -1,0 +1,87 @@
+"""ingest(): the one path every entry point uses after reading its source.
+
+Source readers yield (dedup key, event); ingest translates each event, then hands
+every resulting record to the store in ONE transaction with the dedup keys, so
+what it reports as accepted is durable, and a redelivered message is a duplicate.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import orjson
+
+from adapter.mapping import Translator
+from adapter.store import Incoming, Store
+
+__all__ = ["IngestResult", "ingest"]
+
+
+@dataclass
+class IngestResult:
+    """What happened to a request's (or a file chunk's) events."""
+
+    received: int = 0
+    accepted: int = 0  # records now durably queued for Miso
+    duplicates: int = 0
+    skipped: Counter[str] = field(default_factory=Counter)  # reason → count
+    links: int = 0
+    deletions: int = 0
+
+    def as_dict(self) -> dict:
+        """The JSON answer of the ingestion routes."""
+        return {
+            "received": self.received,
+            "accepted": self.accepted,
+            "duplicates": self.duplicates,
+            "skipped": dict(self.skipped),
+            "links": self.links,
+            "deletions": self.deletions,
+        }
+
+
+def ingest(
+    store: Store,
+    translator: Translator,
+    events: Iterable[tuple[str | None, dict | str]],
+    *,
+    source: str,
+    dedup_ttl: float,
+) -> IngestResult:
+    """Translate ``(dedup_key, event)`` pairs and accept their records atomically.
+
+    An event given as a string is an input that could not be read as an event; the
+    string says why, and it is counted as skipped with that reason.
+    """
+    result = IngestResult()
+    incoming: list[Incoming] = []
+    counted: list[tuple[int, int, int]] = []  # records, links, deletions per incoming
+    for key, event in events:
+        result.received += 1
+        if isinstance(event, str):
+            result.skipped[event] += 1
+            continue
+        translation = translator.translate(event)
+        if translation.skipped is not None:
+            result.skipped[translation.skipped] += 1
+        if translation.records or translation.deletions:
+            incoming.append(
+                Incoming(
+                    key,
+                    [orjson.dumps(r) for r in translation.records],
+                    translation.deletions,
+                    source,
+                )
+            )
+            counted.append((len(translation.records), 0, len(translation.deletions)))
+        result.links += len(translation.links)
+    duplicates = store.accept(incoming, dedup_ttl) if incoming else []
+    for (n_records, _, n_deletions), duplicate in zip(counted, duplicates, strict=True):
+        if duplicate:
+            result.duplicates += 1
+        else:
+            result.accepted += n_records
+            result.deletions += n_deletions
+    return result

@@ -1,0 +1,149 @@
+"""The Miso client: send a batch or a deletion, and say what Miso's answer means.
+
+The key travels in the ``X-API-KEY`` header, never in the URL, so it cannot end up
+in a proxy log or an exception message. Every answer is classified into an
+:class:`Outcome` the forwarder acts on; this module decides nothing about retries.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Literal
+
+import orjson
+import requests
+
+__all__ = ["MisoClient", "Outcome", "parse_422"]
+
+Kind = Literal["ok", "retry", "rejected", "auth", "setup", "too_large", "fatal"]
+
+# Miso's 422 lines: "data.3.product_ids is invalid. The attribute ..." (the pattern
+# Miso's own Node SDK uses to recover the valid records of a refused batch).
+_LINE = re.compile(r"^\s*data\.(\d+)(?:\.(\S+))?\s+(?:\(([^)]*)\)\s+)?is\s+invalid\.\s*(.*)$", re.S)
+# Retried like Segment and analytics-python do; 501/505 mean "never going to work".
+_RETRY = {408, 425, 429, 500, 502, 503, 504, 507, 508, 509, 510, 511, 598, 599}
+
+
+@dataclass
+class Outcome:
+    """What an answer from Miso means for the items sent."""
+
+    kind: Kind
+    status: int | None = None
+    message: str = ""
+    retry_after: float | None = None  # seconds, from Retry-After
+    rejected: dict[int, str] = field(default_factory=dict)  # 422: index → Miso's line
+
+
+def parse_422(body: bytes) -> dict[int, str]:
+    """Record index → Miso's complaint, from a 422 body; empty when it names none."""
+    try:
+        lines = orjson.loads(body).get("data")
+    except (orjson.JSONDecodeError, AttributeError):
+        return {}
+    out: dict[int, str] = {}
+    for line in lines if isinstance(lines, list) else []:
+        match = _LINE.match(line) if isinstance(line, str) else None
+        if match is not None:
+            index = int(match.group(1))
+            field_name = match.group(2)
+            text = f"{field_name} is invalid. {match.group(4)}" if field_name else match.group(4)
+            out[index] = f"{out[index]}; {text}" if index in out else text
+    return out
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Seconds from a Retry-After header: delta-seconds or an HTTP date."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def _message(response: requests.Response) -> str:
+    """Miso's own message when it sent one, else the start of the body."""
+    try:
+        body = orjson.loads(response.content)
+        if isinstance(body, dict) and isinstance(body.get("message"), str):
+            return body["message"]
+    except orjson.JSONDecodeError:
+        pass
+    return response.content[:200].decode("utf-8", "replace").strip() or response.reason or ""
+
+
+class MisoClient:
+    """Sends to one Miso environment; ``repr`` and errors never show the key."""
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str,
+        *,
+        timeout: tuple[float, float] = (5.0, 20.0),
+        session: requests.Session | None = None,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._key = api_key
+        self.timeout = timeout
+        self._session = session or requests.Session()
+        self._session.headers.update({"User-Agent": "miso-adapter/0.1"})
+
+    def __repr__(self) -> str:
+        return f"<MisoClient {self.base_url}>"
+
+    def send(self, bodies: list[bytes]) -> Outcome:
+        """POST serialised records as one ``{"data": [...]}`` request."""
+        payload = b'{"data":[' + b",".join(bodies) + b"]}"
+        return self._call("POST", payload)
+
+    def delete(self, user_ids: list[str]) -> Outcome:
+        """DELETE /v1/interactions for these users."""
+        return self._call("DELETE", orjson.dumps({"user_ids": user_ids}))
+
+    def _call(self, method: str, payload: bytes) -> Outcome:
+        try:
+            response = self._session.request(
+                method,
+                f"{self.base_url}/v1/interactions",
+                data=payload,
+                headers={"Content-Type": "application/json", "X-API-KEY": self._key},
+                timeout=self.timeout,
+            )
+        except requests.Timeout:
+            return Outcome("retry", message="Miso did not answer in time")
+        except requests.RequestException as exc:
+            # The exception text names host and port, never the key (it is a header).
+            return Outcome("retry", message=f"cannot reach Miso: {type(exc).__name__}: {exc}")
+        return classify(response)
+
+
+def classify(response: requests.Response) -> Outcome:
+    """Turn an HTTP answer from Miso into an Outcome."""
+    status = response.status_code
+    if 200 <= status < 300:
+        return Outcome("ok", status)
+    if status == 422:
+        return Outcome("rejected", status, _message(response), rejected=parse_422(response.content))
+    if status in (401, 403):
+        return Outcome("auth", status, _message(response))
+    if status in (404, 405):
+        # Every request will fail the same way: the URL is wrong, not the data.
+        return Outcome("setup", status, f"{status} from {response.url}: is MISO_API_URL right?")
+    if status == 413:
+        return Outcome("too_large", status, _message(response))
+    if status in _RETRY or (status >= 500 and status not in (501, 505)):
+        return Outcome(
+            "retry", status, _message(response), _retry_after(response.headers.get("Retry-After"))
+        )
+    return Outcome("fatal", status, _message(response))
