@@ -6,18 +6,24 @@ Exit codes: 0 success, 1 the input or data was bad, 2 usage error (argparse's ow
 from __future__ import annotations
 
 import argparse
+import logging
+import os
+import signal
 import sys
+import threading
 from collections import Counter
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO
 
 import orjson
 
 from adapter import segment
-from adapter.config import mappings_dir
+from adapter.config import Config, forwarder_settings, mappings_dir
 from adapter.mapping import MappingError, Translator, load_mapping
 from adapter.reader import ReadError, read_json_values
+from adapter.store import StoreError, open_store
 
 __all__ = ["main"]
 
@@ -167,6 +173,124 @@ def _mappings_check(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _serve_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--bind", default="127.0.0.1:8000", help="HOST:PORT (default %(default)s)")
+    parser.add_argument("--workers", type=int, default=2, help="gunicorn worker processes")
+    parser.add_argument("--threads", type=int, default=4, help="threads per worker")
+
+
+def _logging() -> None:
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _preflight() -> Config | None:
+    """Check what the service needs before starting anything: tables and store."""
+    config = Config()
+    folder = Path(config.MAPPINGS_DIR)
+    problems = []
+    for path in sorted(folder.glob("*.yaml")):
+        try:
+            load_mapping(path)
+        except MappingError as exc:
+            problems += [str(p) for p in exc.problems]
+    if not (folder / "segment.yaml").is_file():
+        problems.append(f"{folder / 'segment.yaml'}: missing (MAPPINGS_DIR={folder})")
+    try:
+        open_store(config.ADAPTER_STORE).close()
+    except StoreError as exc:
+        problems.append(str(exc))
+    for problem in problems:
+        print(f"error: {problem}", file=sys.stderr)
+    return None if problems else config
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from adapter.serve import serve
+
+    _logging()
+    if args.workers < 1 or args.threads < 1:
+        print("error: --workers and --threads must be at least 1", file=sys.stderr)
+        return 2
+    if _preflight() is None:
+        return 1
+    return serve(args.bind, args.workers, args.threads)
+
+
+def _forward(args: argparse.Namespace) -> int:
+    from adapter.forwarder import Forwarder
+    from adapter.miso import MisoClient
+
+    _logging()
+    config = _preflight()
+    if config is None:
+        return 1
+    store = open_store(config.ADAPTER_STORE)
+    client = MisoClient(config.MISO_API_URL, config.MISO_API_KEY) if config.MISO_API_KEY else None
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    logging.getLogger("adapter.forwarder").info(
+        "forwarding from %s to %s (pid %d)", store, config.MISO_API_URL, os.getpid()
+    )
+    Forwarder(store, client, forwarder_settings()).run(stop)
+    return 0
+
+
+def _dead_letters_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("action", choices=["list", "retry", "purge"])
+    parser.add_argument("ids", nargs="*", type=int, metavar="ID", help="dead letters to retry")
+    parser.add_argument("--all", action="store_true", help="retry every dead letter")
+    parser.add_argument("--json", action="store_true", help="list as JSON Lines")
+
+
+def _when(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _dead_letters(args: argparse.Namespace) -> int:
+    try:
+        store = open_store(Config().ADAPTER_STORE)
+        if args.action == "list":
+            letters = store.dead_letters()
+            for d in letters:
+                body = orjson.loads(d.body)
+                if args.json:
+                    line = {
+                        "id": d.id,
+                        "kind": d.kind,
+                        "source": d.source,
+                        "reason": d.reason,
+                        "attempts": d.attempts,
+                        "dead_at": _when(d.dead_at),
+                        "body": body,
+                    }
+                    print(orjson.dumps(line).decode())
+                else:
+                    print(
+                        f"#{d.id} {_when(d.dead_at)} {d.source} {d.kind}, "
+                        f"{d.attempts} attempt(s): {d.reason}"
+                    )
+                    print(f"    {orjson.dumps(body).decode()}")
+            print(f"{len(letters)} dead letters", file=sys.stderr)
+            return 0
+        if args.action == "retry":
+            if args.all == bool(args.ids):
+                print("error: give dead-letter IDs or --all", file=sys.stderr)
+                return 2
+            moved = store.requeue_dead(None if args.all else args.ids)
+            print(f"requeued {moved} dead letters; the running forwarder sends them")
+            return 0 if args.all or moved == len(set(args.ids)) else 1
+        print(f"purged {store.purge_dead()} dead letters")
+        return 0
+    except StoreError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
 _COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[..., int]]] = {
     "translate": (
         "print the Miso records for source events as JSON Lines (sends nothing)",
@@ -177,6 +301,17 @@ _COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Calla
         "check mapping tables: mappings check [--dir DIR]",
         _mappings_args,
         _mappings_check,
+    ),
+    "serve": (
+        "run the web service (gunicorn) and the forwarder",
+        _serve_args,
+        _serve,
+    ),
+    "forward": ("run the forwarder alone", lambda parser: None, _forward),
+    "dead-letters": (
+        "inspect and resend what Miso refused: list | retry [--all | ID...] | purge",
+        _dead_letters_args,
+        _dead_letters,
     ),
 }
 

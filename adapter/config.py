@@ -1,13 +1,14 @@
-"""Configuration from the environment (SPEC §3.1), as flask-smorest-style config classes."""
+"""Configuration from the environment (SPEC §3.1), as a config class read once per app."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
+from adapter.forwarder import ForwarderSettings
 from adapter.mapping import default_mappings_dir
 
-__all__ = ["Config", "mappings_dir"]
+__all__ = ["Config", "forwarder_settings", "mappings_dir"]
 
 
 def mappings_dir(override: str | os.PathLike[str] | None = None) -> Path:
@@ -18,10 +19,38 @@ def mappings_dir(override: str | os.PathLike[str] | None = None) -> Path:
     return Path(env) if env else default_mappings_dir()
 
 
+def _csv(value: str | None) -> frozenset[str]:
+    return frozenset(v.strip() for v in (value or "").split(",") if v.strip())
+
+
 class Config:
-    """Settings read once, when the app is created; tests pass a dict instead."""
+    """Settings read from the environment when the app is created; tests pass a dict."""
 
     def __init__(self) -> None:
+        env = os.environ.get
         self.MAPPINGS_DIR = str(mappings_dir())
-        self.MISO_API_URL = os.environ.get("MISO_API_URL", "https://api.askmiso.com")
-        self.ADAPTER_STORE = os.environ.get("ADAPTER_STORE", "sqlite:///var/adapter.db")
+        self.ADAPTER_STORE = env("ADAPTER_STORE", "sqlite:///var/adapter.db")
+        self.MISO_API_URL = env("MISO_API_URL", "https://api.askmiso.com")
+        self.MISO_API_KEY = env("MISO_API_KEY") or None
+        self.SEGMENT_SHARED_SECRET = env("SEGMENT_SHARED_SECRET") or None
+        self.SEGMENT_WRITE_KEYS = _csv(env("SEGMENT_WRITE_KEYS"))
+        self.ADAPTER_TOKEN = env("ADAPTER_TOKEN") or None
+        # Dedup window: Segment retries for 4 h and Mixpanel export chunks overlap by a day.
+        self.DEDUP_HOURS = float(env("ADAPTER_DEDUP_HOURS", "168"))
+        # Size limits (SPEC §3.2): Segment's own, so nothing Segment accepts is refused here.
+        self.SEGMENT_MAX_BODY = 4 * 1024 * 1024  # Webhooks (Actions) batches: up to 4 MB
+        self.TRACKING_MAX_MESSAGE = 32 * 1024  # HTTP Tracking API: 32 KB per call
+        self.TRACKING_MAX_BATCH = 500 * 1024  # and 500 KB per /v1/batch request
+
+
+def forwarder_settings() -> ForwarderSettings:
+    """Forwarder tunables; the defaults suit production, tests shorten the waits."""
+    env = os.environ.get
+    defaults = ForwarderSettings()
+    return ForwarderSettings(
+        backoff_base=float(env("ADAPTER_BACKOFF_BASE", defaults.backoff_base)),
+        backoff_cap=float(env("ADAPTER_BACKOFF_CAP", defaults.backoff_cap)),
+        max_retry_age=float(env("ADAPTER_RETRY_HOURS", defaults.max_retry_age / 3600)) * 3600,
+        pause_interval=float(env("ADAPTER_PAUSE_SECONDS", defaults.pause_interval)),
+        lease=float(env("ADAPTER_LEASE_SECONDS", defaults.lease)),
+    )

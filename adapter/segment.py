@@ -9,10 +9,15 @@ Miso-specific: the mapping table turns messages into records.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import json
+import math
 from collections.abc import Iterator
+from decimal import Decimal
 from typing import Any
 
-__all__ = ["iter_messages"]
+__all__ = ["iter_messages", "js_stringify", "signature_ok"]
 
 _TYPE_NAMES = {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null"}
 
@@ -59,3 +64,84 @@ def _merge_shared(item: dict, shared: dict[str, dict]) -> dict:
         own = item.get(key)
         merged[key] = {**defaults, **own} if isinstance(own, dict) else dict(defaults)
     return merged
+
+
+# --------------------------------------------------------------------------- signatures
+
+
+def js_stringify(value: Any) -> str:
+    """``JSON.stringify(value)`` as JavaScript writes it: compact, keys in their order.
+
+    Segment signs batched webhook bodies over ``JSON.stringify(body[0])``, so checking
+    such a signature means re-serialising the first element exactly as Node would.
+    Numbers are the one place Python and JavaScript differ (``1.0`` vs ``1``, ``1e-07``
+    vs ``1e-7``); strings match ``json.dumps(..., ensure_ascii=False)``.
+    """
+    if value is None:
+        return "null"
+    if value is True:
+        return "true"
+    if value is False:
+        return "false"
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return _js_number(value)
+    if isinstance(value, list):
+        return "[" + ",".join(map(js_stringify, value)) + "]"
+    if isinstance(value, dict):
+        return (
+            "{"
+            + ",".join(
+                f"{json.dumps(str(k), ensure_ascii=False)}:{js_stringify(v)}"
+                for k, v in value.items()
+            )
+            + "}"
+        )
+    raise TypeError(f"not JSON: {type(value).__name__}")
+
+
+def _js_number(number: float) -> str:
+    """ECMAScript Number::toString for a finite double (shortest round-trip digits)."""
+    if not math.isfinite(number):
+        return "null"  # JSON.stringify(NaN) === "null"
+    if number == 0:
+        return "0"  # also -0
+    sign = "-" if number < 0 else ""
+    _, digit_tuple, exponent = Decimal(repr(abs(number))).normalize().as_tuple()
+    digits = "".join(map(str, digit_tuple))
+    k, n = len(digits), len(digits) + int(exponent)  # n: position of the decimal point
+    if k <= n <= 21:
+        text = digits + "0" * (n - k)
+    elif 0 < n <= 21:
+        text = f"{digits[:n]}.{digits[n:]}"
+    elif -6 < n <= 0:
+        text = "0." + "0" * -n + digits
+    else:
+        mantissa = digits[0] + (f".{digits[1:]}" if k > 1 else "")
+        text = f"{mantissa}e{'+' if n - 1 >= 0 else '-'}{abs(n - 1)}"
+    return sign + text
+
+
+def signature_ok(secret: str, raw: bytes, body: Any, header: str | None) -> bool:
+    """Does ``X-Signature`` hold the hex HMAC-SHA1 Segment computes? (SPEC §3.2)
+
+    Accepted: a signature over the raw body (classic webhooks; unbatched Actions; a
+    batch if Segment ever signs the whole array), or over ``JSON.stringify`` of the first
+    element of a bare array (Webhooks (Actions) batching). Compared in constant time.
+    """
+    if not header:
+        return False
+    given = header.strip().lower().encode()
+    key = secret.encode()
+    candidates = [raw]
+    if isinstance(body, list) and body:
+        candidates.append(js_stringify(body[0]).encode())
+    valid = False
+    for candidate in candidates:
+        expected = hmac.new(key, candidate, hashlib.sha1).hexdigest().encode()
+        # Evaluate every candidate: the time taken does not depend on which one matched.
+        valid |= hmac.compare_digest(expected, given)
+    return valid

@@ -32,6 +32,17 @@ def miso_errors(validator: Draft202012Validator, record: dict) -> list[str]:
 
 
 @pytest.fixture(autouse=True)
+def _isolated_environment(monkeypatch, tmp_path):
+    """Each test gets its own store and none of the developer's adapter settings."""
+    for name in (
+        "MISO_API_KEY", "MISO_API_URL", "SEGMENT_SHARED_SECRET", "SEGMENT_WRITE_KEYS",
+        "ADAPTER_TOKEN", "MAPPINGS_DIR",
+    ):  # fmt: skip
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("ADAPTER_STORE", f"sqlite:///{tmp_path}/adapter.db")
+
+
+@pytest.fixture(autouse=True)
 def _every_record_is_valid_for_miso(monkeypatch, miso_validator):
     """Wrap Translator.translate so a record failing Miso's schema (or ours) fails the test."""
     original = mapping.Translator.translate

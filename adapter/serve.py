@@ -1,0 +1,123 @@
+"""``miso-adapter serve``: gunicorn for the routes, plus one forwarder, as one service.
+
+A small supervisor starts two children: gunicorn (``adapter:create_app()``, threaded
+workers, so keep-alive clients are served) and ``miso-adapter forward``. It restarts a
+child that dies, stops both on SIGTERM/SIGINT, and on Linux its children die with it
+(``PR_SET_PDEATHSIG``), so ``kill -9`` of the service leaves nothing bound to the port.
+Running the forwarder as its own process keeps it out of gunicorn's fork/respawn cycle:
+one forwarder per host, and leases make extra ones (``forward`` elsewhere) safe.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+
+__all__ = ["gunicorn_command", "serve"]
+
+log = logging.getLogger("adapter.serve")
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
+    """Ask Linux to SIGKILL this child when the supervisor dies, even by kill -9."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    except OSError:
+        pass  # not Linux: children outlive a killed supervisor, as with any supervisor
+
+
+def gunicorn_command(bind: str, workers: int, threads: int) -> list[str]:
+    """The gunicorn command line for the web part of the service."""
+    return [
+        sys.executable, "-m", "gunicorn",
+        "--bind", bind,
+        "--workers", str(workers),
+        "--worker-class", "gthread",
+        "--threads", str(threads),
+        "--timeout", "30",
+        "--graceful-timeout", "20",
+        "--keep-alive", "5",
+        "adapter:create_app()",
+    ]  # fmt: skip
+
+
+class _Child:
+    """One supervised child process, restarted with backoff when it dies."""
+
+    def __init__(self, name: str, command: list[str]) -> None:
+        self.name = name
+        self.command = command
+        self.process: subprocess.Popen | None = None
+        self.restarts = 0
+        self.next_start = 0.0
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(self.command, preexec_fn=_die_with_parent)
+        log.info("started %s (pid %d)", self.name, self.process.pid)
+
+    def check(self, now: float) -> None:
+        """Restart if it exited: quickly at first, then backing off up to 30 s."""
+        if self.process is None:
+            if now >= self.next_start:
+                self.start()
+            return
+        code = self.process.poll()
+        if code is None:
+            return
+        self.restarts += 1
+        delay = min(30.0, 0.5 * 2 ** min(self.restarts, 6))
+        log.error("%s exited with %s; restarting in %.1fs", self.name, code, delay)
+        self.process, self.next_start = None, now + delay
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+
+    def wait(self, deadline: float) -> None:
+        if self.process is None:
+            return
+        try:
+            self.process.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            log.error("%s did not stop in time; killing it", self.name)
+            self.process.kill()
+            self.process.wait()
+
+
+def serve(bind: str, workers: int, threads: int) -> int:
+    """Run gunicorn and the forwarder until SIGTERM/SIGINT; returns the exit code."""
+    children = [
+        _Child("web", gunicorn_command(bind, workers, threads)),
+        _Child("forwarder", [sys.executable, "-m", "adapter.cli", "forward"]),
+    ]
+    stopping = False
+
+    def stop(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    log.info("serving on %s with %d workers x %d threads (pid %d)", bind, workers, threads,
+             os.getpid())  # fmt: skip
+    for child in children:
+        child.start()
+    while not stopping:
+        time.sleep(0.2)
+        for child in children:
+            child.check(time.monotonic())
+    log.info("stopping")
+    for child in children:
+        child.stop()
+    deadline = time.monotonic() + 25
+    for child in children:
+        child.wait(deadline)
+    return 0
