@@ -229,14 +229,19 @@ def _forward(args: argparse.Namespace) -> int:
     if config is None:
         return 1
     store = open_store(config.ADAPTER_STORE)
-    client = MisoClient(config.MISO_API_URL, config.MISO_API_KEY) if config.MISO_API_KEY else None
+    settings = forwarder_settings()
+    # A send must end before its lease does, or another forwarder could send it again.
+    timeout = (min(5.0, settings.lease / 3), min(20.0, settings.lease * 2 / 3))
+    client = None
+    if config.MISO_API_KEY:
+        client = MisoClient(config.MISO_API_URL, config.MISO_API_KEY, timeout=timeout)
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     logging.getLogger("adapter.forwarder").info(
         "forwarding from %s to %s (pid %d)", store, config.MISO_API_URL, os.getpid()
     )
-    Forwarder(store, client, forwarder_settings()).run(stop)
+    Forwarder(store, client, settings).run(stop)
     return 0
 
 

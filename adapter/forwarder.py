@@ -223,6 +223,8 @@ class Forwarder:
                 "ready": False,
                 "reason": f"Miso {what} ({outcome.status}): {outcome.message}",
                 "since": time.time(),
+                # Lets /readyz ignore a refusal of a key that is no longer configured.
+                "key_id": self.client.key_id if self.client is not None else None,
             },
         )
         if first:

@@ -8,6 +8,7 @@ in a proxy log or an exception message. Every answer is classified into an
 from __future__ import annotations
 
 import email.utils
+import hashlib
 import re
 import time
 from dataclasses import dataclass, field
@@ -16,7 +17,7 @@ from typing import Literal
 import orjson
 import requests
 
-__all__ = ["MisoClient", "Outcome", "parse_422"]
+__all__ = ["MisoClient", "Outcome", "key_id", "parse_422"]
 
 Kind = Literal["ok", "retry", "rejected", "auth", "setup", "too_large", "fatal"]
 
@@ -36,6 +37,11 @@ class Outcome:
     message: str = ""
     retry_after: float | None = None  # seconds, from Retry-After
     rejected: dict[int, str] = field(default_factory=dict)  # 422: index → Miso's line
+
+
+def key_id(api_key: str) -> str:
+    """A short, non-reversible fingerprint of a key: tells keys apart without showing one."""
+    return hashlib.sha256(api_key.encode()).hexdigest()[:12]
 
 
 def parse_422(body: bytes) -> dict[int, str]:
@@ -101,6 +107,11 @@ class MisoClient:
 
     def __repr__(self) -> str:
         return f"<MisoClient {self.base_url}>"
+
+    @property
+    def key_id(self) -> str:
+        """Fingerprint of the key in use (see :func:`key_id`)."""
+        return key_id(self._key)
 
     def send(self, bodies: list[bytes]) -> Outcome:
         """POST serialised records as one ``{"data": [...]}`` request."""

@@ -26,6 +26,7 @@ from adapter import segment
 from adapter.forwarder import MISO_STATUS
 from adapter.ingest import ingest
 from adapter.mapping import Translator, load_mapping
+from adapter.miso import key_id
 from adapter.store import Store, StoreError, open_store
 
 __all__ = ["init_app"]
@@ -238,7 +239,8 @@ def readyz():
             status = _store().get_status(MISO_STATUS)
         except StoreError:
             status = None
-        if status is not None and not status.get("ready", True):
+        refused = status is not None and not status.get("ready", True)
+        if refused and status.get("key_id") in (None, key_id(current_app.config["MISO_API_KEY"])):
             ready, checks["miso"] = False, status["reason"]
         else:
             checks["miso"] = "ok"

@@ -17,6 +17,7 @@ import pytest
 
 from adapter import create_app
 from adapter.forwarder import MISO_STATUS
+from adapter.miso import key_id
 from adapter.store import StoreError
 
 SECRET = "s3cret-shared"
@@ -314,6 +315,16 @@ class TestHealth:
         assert response.status_code == 503
         assert response.json["checks"]["miso"] == "Miso refused the API key (401): invalid api key."
         assert "k" not in response.json["checks"]["miso"].split()
+
+    def test_refusal_of_another_key_does_not_block(self, app, client):
+        """After a restart with a new key, an old key's refusal no longer counts."""
+        app.extensions["miso-adapter.store"].set_status(
+            MISO_STATUS, {"ready": False, "reason": "Miso refused the API key (401).",
+                          "key_id": key_id("the-old-key")},
+        )  # fmt: skip
+        assert client.get("/readyz").status_code == 200
+        app.config["MISO_API_KEY"] = "the-old-key"
+        assert client.get("/readyz").status_code == 503
 
 
 def test_unexpected_errors_hide_details(app, client, caplog):

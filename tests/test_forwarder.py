@@ -1,0 +1,249 @@
+"""The forwarder against the fake Miso over real HTTP: delivery, retries, 422s, auth pauses."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import orjson
+import pytest
+
+from adapter.forwarder import MISO_STATUS, Forwarder, ForwarderSettings
+from adapter.miso import MisoClient, Outcome, key_id, parse_422
+from adapter.store import Incoming
+from adapter.store.sqlite import SqliteStore
+from adapter.testing import FakeMiso
+
+FAST = ForwarderSettings(backoff_base=0.01, backoff_cap=0.05, pause_interval=0.2, lease=5)
+
+
+@pytest.fixture
+def miso():
+    with FakeMiso(api_key="good-key") as fake:
+        yield fake
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = SqliteStore(tmp_path / "fwd.db")
+    yield s
+    s.close()
+
+
+def like(n: int, **extra) -> dict:
+    return {"type": "like", "user_id": f"u{n}", "product_ids": [f"p{n}"], **extra}
+
+
+def enqueue(store, records):
+    store.accept([Incoming(None, [orjson.dumps(r) for r in records])], 3600)
+
+
+def forwarder(store, miso, key="good-key", settings=FAST) -> Forwarder:
+    return Forwarder(store, MisoClient(miso.url, key, timeout=(2, 5)), settings)
+
+
+def drain(fwd: Forwarder, until, timeout: float = 10.0) -> None:
+    """Run forwarder steps until ``until()`` holds (retries need their delays to pass)."""
+    deadline = time.monotonic() + timeout
+    while not until():
+        assert time.monotonic() < deadline, "forwarder did not finish in time"
+        if not fwd.step():
+            time.sleep(0.01)
+
+
+def test_delivers_and_acks(store, miso):
+    """Spooled records reach Miso once and leave the spool."""
+    enqueue(store, [like(n) for n in range(5)])
+    fwd = forwarder(store, miso)
+    drain(fwd, lambda: store.stats()["spool"] == 0)
+    assert miso.records == [like(n) for n in range(5)]
+
+
+def test_batches_respect_count_and_size(store, miso):
+    """No request carries more than 1,000 records or more than 1 MiB."""
+    pad = "x" * 400
+    enqueue(store, [like(n, context={"user_agent": pad}) for n in range(3000)])
+    fwd = forwarder(store, miso)
+    drain(fwd, lambda: store.stats()["spool"] == 0, timeout=60)
+    posts = [r for r in miso.requests if r.method == "POST"]
+    assert len(miso.records) == 3000
+    assert max(r.n_records for r in posts) <= 1000
+    assert max(len(r.body) for r in posts) <= 1 << 20
+    assert len(posts) >= 3000 * 460 // (1 << 20)
+
+
+def test_retries_5xx_then_429_honouring_retry_after(store, miso):
+    """500 three times, then 429 with Retry-After: 1, then OK: all delivered, after ≥ 1 s."""
+    enqueue(store, [like(1), like(2)])
+    for _ in range(3):
+        miso.fail_next(500)
+    miso.fail_next(429, headers={"Retry-After": "1"})
+    fwd = forwarder(store, miso)
+    drain(fwd, lambda: store.stats()["spool"] == 0)
+    statuses = [r.status for r in miso.requests]
+    assert statuses == [500, 500, 500, 429, 200]
+    assert miso.records == [like(1), like(2)]
+    assert store.dead_letters() == []
+
+
+def test_retry_after_is_a_floor(store, miso):
+    """After a 429 with Retry-After, the next attempt waits at least that long."""
+    enqueue(store, [like(1)])
+    miso.fail_next(429, headers={"Retry-After": "1"})
+    fwd = forwarder(store, miso)
+    fwd.step()
+    refused_at = time.monotonic()
+    drain(fwd, lambda: store.stats()["spool"] == 0)
+    assert time.monotonic() - refused_at >= 0.95
+
+
+def test_unreachable_miso_is_retried(store, tmp_path):
+    """Connection refused (Miso down) keeps records for a later attempt."""
+    enqueue(store, [like(1)])
+    with FakeMiso(api_key="k") as gone:
+        url = gone.url
+    fwd = Forwarder(store, MisoClient(url, "k", timeout=(0.5, 0.5)), FAST)
+    fwd.step()
+    assert store.stats()["spool"] == 1 and store.dead_letters() == []
+
+
+def test_422_dead_letters_the_named_record_and_sends_the_rest(store, miso):
+    """Miso's 422 naming one record: it is dead-lettered with Miso's words; the rest go."""
+    enqueue(store, [like(1), like(2), like(3)])
+    miso.reject_records(lambda r: r["user_id"] == "u2", field="product_ids", message="Unknown id.")
+    fwd = forwarder(store, miso)
+    drain(fwd, lambda: store.stats()["spool"] == 0)
+    assert miso.records == [like(1), like(3)]
+    [dead] = store.dead_letters()
+    assert orjson.loads(dead.body) == like(2)
+    assert dead.reason == "Miso refused it (422): product_ids is invalid. Unknown id."
+    miso.reject_records(None)
+    assert store.requeue_dead(None) == 1
+    drain(fwd, lambda: store.stats()["spool"] == 0)
+    assert miso.records[-1] == like(2)
+
+
+def test_422_without_indexes_is_bisected(store, miso):
+    """A 422 naming no record splits the batch in halves; a lone refused record is dead."""
+    enqueue(store, [like(n) for n in range(4)])
+    fwd = forwarder(store, miso)
+    batch = store.claim("record", 10, 1 << 20, 30, fwd.owner)
+    vague = Outcome("rejected", 422, "None of the records were inserted.", rejected={})
+    halves = fwd._settle(batch, vague)
+    assert [[c.id for c in half] for half in halves] == [
+        [batch[2].id, batch[3].id],
+        [batch[0].id, batch[1].id],
+    ]
+    assert fwd._settle(halves[0][:1], vague) == []
+    [dead] = store.dead_letters()
+    assert dead.reason == "Miso refused it (422): None of the records were inserted."
+
+
+def test_invalid_record_never_sent(store, miso):
+    """A record that fails Miso's schema is dead-lettered before sending, with the reason."""
+    enqueue(store, [like(1), {"type": "search", "product_ids": ["p"]}])
+    fwd = forwarder(store, miso)
+    drain(fwd, lambda: store.stats()["spool"] == 0)
+    assert miso.records == [like(1)]
+    [dead] = store.dead_letters()
+    assert dead.reason.startswith("not sent, invalid for Miso: ")
+    assert "product_ids" in dead.reason
+    assert all(r.status == 200 for r in miso.requests)
+
+
+def test_refused_key_pauses_keeps_everything_and_resumes(store, miso):
+    """401: nothing lost, status published (without the key), delivery resumes when accepted."""
+    enqueue(store, [like(1), like(2)])
+    miso.set_valid_keys({"other-key"})
+    fwd = forwarder(store, miso, key="good-key")
+    fwd.step()
+    status = store.get_status(MISO_STATUS)
+    assert status["ready"] is False
+    assert status["reason"] == "Miso refused the API key (401): invalid api key."
+    assert "good-key" not in orjson.dumps(status).decode()
+    assert status["key_id"] == key_id("good-key")
+    assert store.stats()["spool"] == 2 and store.dead_letters() == []
+    assert fwd.step() is False  # paused: no request until the pause interval passes
+    assert len(miso.requests) == 1
+    miso.set_valid_keys({"good-key"})
+    drain(fwd, lambda: store.stats()["spool"] == 0)
+    assert miso.records == [like(1), like(2)]
+    assert store.get_status(MISO_STATUS) is None
+
+
+def test_gives_up_after_max_retry_age(store, miso):
+    """Past the retry window, records are dead-lettered with the last error."""
+    enqueue(store, [like(1)])
+    miso.fail_next(503, times=100)
+    settings = ForwarderSettings(backoff_base=0.01, backoff_cap=0.01, max_retry_age=0.2)
+    fwd = forwarder(store, miso, settings=settings)
+    drain(fwd, lambda: store.stats()["spool"] == 0)
+    [dead] = store.dead_letters()
+    assert dead.reason.startswith("gave up after ")
+    assert "503" in dead.reason
+
+
+def test_deletions_are_forwarded(store, miso):
+    """A queued deletion becomes DELETE /v1/interactions with the user ids."""
+    store.accept([Incoming("d", deletions=["u7"])], 3600)
+    fwd = forwarder(store, miso)
+    drain(fwd, lambda: store.stats()["spool"] == 0)
+    assert miso.deleted_user_ids == ["u7"]
+
+
+def test_two_forwarders_send_each_record_once(store, miso, tmp_path):
+    """Forwarders racing on one store never send a record twice."""
+    enqueue(store, [like(n) for n in range(2000)])
+    settings = ForwarderSettings(batch_size=50, flush_interval=0.01)
+    stop = threading.Event()
+    workers = [
+        threading.Thread(
+            target=Forwarder(
+                SqliteStore(store.path), MisoClient(miso.url, "good-key"), settings
+            ).run,
+            args=(stop,),
+        )
+        for _ in range(3)
+    ]
+    for w in workers:
+        w.start()
+    try:
+        miso.wait_for(2000, timeout=60)
+    finally:
+        stop.set()
+        for w in workers:
+            w.join()
+    ids = [r["user_id"] for r in miso.records]
+    assert len(ids) == 2000 and len(set(ids)) == 2000
+
+
+def test_no_key_sends_nothing(store, miso):
+    """Without a key the forwarder keeps everything queued."""
+    enqueue(store, [like(1)])
+    assert Forwarder(store, None, FAST).step() is False
+    assert store.stats()["spool"] == 1 and miso.requests == []
+
+
+def test_parse_422_lines():
+    """Miso's 422 lines map to record indexes; several lines for one record are joined."""
+    body = orjson.dumps(
+        {
+            "errors": True,
+            "data": [
+                "data.0.product_ids is invalid. Expected array.",
+                "data.0.timestamp is invalid. Bad format.",
+                "data.12.user_id (123) is invalid. Not a string.",
+                "something else",
+            ],
+        }
+    )
+    assert parse_422(body) == {
+        0: "product_ids is invalid. Expected array.; timestamp is invalid. Bad format.",
+        12: "user_id is invalid. Not a string.",
+    }
+    assert parse_422(b"not json") == {}
+
+
+def test_client_repr_hides_key():
+    """The Miso client never shows its key."""
+    assert "sekret" not in repr(MisoClient("http://x", "sekret"))
