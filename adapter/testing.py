@@ -819,6 +819,14 @@ def main(argv: list[str] | None = None) -> int:
             f"{entry.method} {entry.path} -> {entry.status} ({entry.n_records} records)",
             flush=True,
         )
+        # For offline trials, show the records each request carried.
+        if entry.status in (200, 422) and entry.body:
+            try:
+                body = orjson.loads(entry.body)
+            except orjson.JSONDecodeError:
+                return
+            for item in body.get("data", []) if isinstance(body, dict) else []:
+                print(f"  {orjson.dumps(item).decode()}", flush=True)
 
     try:
         miso = FakeMiso(

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import re
+import signal
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
+import requests
 
 from adapter import create_app
 from adapter.mapping import MappingError, load_mapping_text
@@ -21,9 +28,9 @@ def readme_commands() -> list[str]:
 
 
 def test_readme_opens_with_exactly_two_commands():
-    """The quick start is two commands: install+run, and install tests+run the suite."""
+    """The quick start is two commands: install+serve, and install tests+run the suite."""
     install_run, test = readme_commands()
-    assert "pip install" in install_run and "miso-adapter translate" in install_run
+    assert "pip install" in install_run and install_run.endswith("miso-adapter serve")
     assert "'.[test]'" in test and "pytest" in test
 
 
@@ -34,11 +41,35 @@ def test_ci_runs_the_readme_test_command():
     assert test in ci_lines
 
 
-def test_readme_example_file_exists():
-    """The file the README's first command translates is shipped."""
-    install_run = readme_commands()[0]
-    example = install_run.rsplit(" ", 1)[1]
-    assert (ROOT / example).is_file()
+def test_serve_defaults_start_on_the_embedded_store(tmp_path):
+    """`miso-adapter serve` with no configuration starts, creates var/adapter.db, and says
+    it is not ready because no Miso key is set."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MISO_", "ADAPTER_"))}
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "adapter.cli", "serve", "--bind", f"127.0.0.1:{port}"],
+        cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                ready = requests.get(f"http://127.0.0.1:{port}/readyz", timeout=1)
+                break
+            except requests.ConnectionError:
+                assert time.monotonic() < deadline and process.poll() is None
+                time.sleep(0.1)
+        assert ready.status_code == 503
+        assert ready.json()["checks"]["miso"].startswith("MISO_API_KEY is not set")
+        assert (tmp_path / "var" / "adapter.db").is_file()
+    finally:
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=30)
+    assert process.returncode == 0
+    assert b"SEGMENT_SHARED_SECRET is not set" in err
 
 
 def test_format_reference_example_compiles_and_translates():

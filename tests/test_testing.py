@@ -9,6 +9,7 @@ import sys
 import threading
 import time
 
+import orjson
 import pytest
 import requests
 
@@ -465,4 +466,5 @@ def test_command_line_serves_until_terminated():
         out, err = process.communicate(timeout=10)
     assert process.returncode == 0, err
     assert "POST /v1/interactions -> 200 (1 records)" in out
+    assert f"  {orjson.dumps(PAGE_VIEW).decode()}" in out.splitlines()
     assert "1 records accepted" in out
