@@ -57,7 +57,7 @@ def ingest(
     """
     result = IngestResult()
     incoming: list[Incoming] = []
-    counted: list[tuple[int, int, int]] = []  # records, links, deletions per incoming
+    counted: list[tuple[int, int]] = []  # records, deletions per incoming item
     for key, event in events:
         result.received += 1
         if isinstance(event, str):
@@ -75,10 +75,10 @@ def ingest(
                     source,
                 )
             )
-            counted.append((len(translation.records), 0, len(translation.deletions)))
+            counted.append((len(translation.records), len(translation.deletions)))
         result.links += len(translation.links)
     duplicates = store.accept(incoming, dedup_ttl) if incoming else []
-    for (n_records, _, n_deletions), duplicate in zip(counted, duplicates, strict=True):
+    for (n_records, n_deletions), duplicate in zip(counted, duplicates, strict=True):
         if duplicate:
             result.duplicates += 1
         else:

@@ -179,8 +179,8 @@ def _tracking(call: str | None):
             raise ApiError(400, "'batch' must be an array of messages")
         messages = list(segment.iter_messages("", body))
     else:
-        # The route names the call; a body without `type` gets it from the route.
-        messages = [("", {**body, "type": body.get("type") or call}, None)]
+        # The route names the call, as in Segment's API (a body's own `type` does not win).
+        messages = [("", {**body, "type": call}, None)]
     _ingest_segment(messages)
     return jsonify(success=True)
 

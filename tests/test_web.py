@@ -361,3 +361,12 @@ def test_request_stream_is_bounded(app):
         with pytest.raises(ApiError) as caught:
             _read_body(100, ("application/json",))
         assert caught.value.code == 413
+
+
+def test_tracking_route_names_the_call(app, client):
+    """/v1/page is a page call whatever the body's own `type` says."""
+    body = {"type": "track", "userId": "u1", "properties": {"path": "/", "url": "https://s.io/"}}
+    assert post(client, "/v1/page", body).status_code == 200
+    assert spooled(app) == [
+        {"type": "home_page_view", "user_id": "u1", "context": {"page": {"url": "https://s.io/"}}}
+    ]
