@@ -169,6 +169,8 @@ def _tracking(call: str | None):
     config = current_app.config
     limit = config["TRACKING_MAX_BATCH"] if call is None else config["TRACKING_MAX_MESSAGE"]
     body = _parse(_read_body(limit, _JSON_TYPES))
+    if call is None and isinstance(body, list):
+        body = {"batch": body}  # some browser batchers post the bare array
     if not isinstance(body, dict):
         raise ApiError(400, "expected a JSON object")
     keys = config["SEGMENT_WRITE_KEYS"]
@@ -187,8 +189,11 @@ def _tracking(call: str | None):
 
 @bp.post("/v1/<call>")
 def tracking_call(call: str):
-    """Segment HTTP Tracking API: /v1/track, page, screen, identify, alias, group, batch."""
-    if call == "batch":
+    """Segment HTTP Tracking API: /v1/track, page, screen, identify, alias, group, batch.
+
+    analytics.js and the mobile SDKs use the short forms (/v1/t, /v1/p, ... /v1/b).
+    """
+    if call in ("batch", "b"):
         return _tracking(None)
     name = _SHORT.get(call, call)
     if name not in _TRACKING_CALLS:

@@ -265,6 +265,13 @@ class TestTrackingApi:
         assert post(keyed, "/v1/batch", body).json == {"success": True}
         assert spooled(app) == [{**VIEW_RECORD, "context": {"locale": "fr-FR"}}]
 
+    def test_browser_batch_path(self, app, keyed):
+        """analytics.js batching posts {"batch": [...]} as text/plain to /v1/b."""
+        body = {"batch": [VIEW], "writeKey": "wk-1", "sentAt": "2024-05-01T10:00:01.000Z"}
+        response = post(keyed, "/v1/b", body, **{"Content-Type": "text/plain"})
+        assert (response.status_code, response.json) == (200, {"success": True})
+        assert spooled(app) == [VIEW_RECORD]
+
     def test_message_over_32kb_is_413(self, client):
         """A single Tracking API call over 32 KB is refused like Segment refuses it."""
         big = {**VIEW, "properties": {"blob": "x" * 40_000}}
