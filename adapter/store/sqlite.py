@@ -9,6 +9,8 @@ connection (one per thread); SQLite's locking makes them one store. Writes are
 
 from __future__ import annotations
 
+import fcntl
+import os
 import sqlite3
 import threading
 import time
@@ -73,6 +75,13 @@ class SqliteStore:
         self._synchronous = _SYNCHRONOUS[synchronous.lower()]
         self._busy_ms = int(busy_timeout * 1000)
         self._local = threading.local()
+        # Writers queue on a kernel lock (threads on a mutex, processes on flock) instead of
+        # in SQLite's busy handler, which sleeps in growing steps of up to 100 ms: under load
+        # the unlucky writer slept for hundreds of ms (measured p99 ~370 ms -> see bench/).
+        self._write_lock = threading.Lock()
+        self._lock_path = Path(f"{self.path}.lock")
+        self._lock_fd: int | None = None
+        self._lock_pid = 0
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._conn().executescript(_SCHEMA)
@@ -111,6 +120,24 @@ class SqliteStore:
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
         """An immediate (write-locked) transaction; any SQLite failure is a StoreError."""
+        with self._write_lock, self._file_lock(), self._transaction() as conn:
+            yield conn
+
+    @contextmanager
+    def _file_lock(self) -> Iterator[None]:
+        if self._lock_fd is None or self._lock_pid != os.getpid():
+            # One descriptor per process: flock is held per open file, so a forked child
+            # must not share its parent's.
+            self._lock_fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+            self._lock_pid = os.getpid()
+        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
         conn = self._conn()
         try:
             conn.execute("BEGIN IMMEDIATE")
