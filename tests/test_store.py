@@ -195,3 +195,12 @@ def test_processes_never_claim_the_same_item(store):
         p.join()
     claimed = [i for r in results for i in r]
     assert len(claimed) == 300 and len(set(claimed)) == 300
+
+
+def test_wal_stays_bounded(tmp_path):
+    """Checkpoints run outside commits, yet the write-ahead log does not grow without end."""
+    s = SqliteStore(tmp_path / "wal.db", synchronous="normal")
+    body = orjson.dumps({"type": "like", "user_id": "u", "context": {"user_agent": "x" * 800}})
+    for i in range(3000):
+        s.accept([Incoming(f"k{i}", [body])], DAY)
+    assert (tmp_path / "wal.db-wal").stat().st_size < 8 * 1024 * 1024

@@ -10,6 +10,7 @@ connection (one per thread); SQLite's locking makes them one store. Writes are
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import sqlite3
 import threading
@@ -63,6 +64,11 @@ CREATE TABLE IF NOT EXISTS status (
 """
 
 _SYNCHRONOUS = {"full": "FULL", "normal": "NORMAL", "extra": "EXTRA"}
+# Each connection checkpoints the WAL after this many of its own write transactions
+# (SQLite's default auto-checkpoint threshold is 1,000 pages).
+_CHECKPOINT_EVERY = 200
+
+log = logging.getLogger("adapter.store")
 
 
 class SqliteStore:
@@ -114,7 +120,11 @@ class SqliteStore:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute(f"PRAGMA synchronous={self._synchronous}")
             conn.execute(f"PRAGMA busy_timeout={self._busy_ms}")
+            # SQLite checkpoints inside COMMIT, i.e. while this writer holds the lock every
+            # other writer waits on; we checkpoint after releasing it instead (see _write).
+            conn.execute("PRAGMA wal_autocheckpoint=0")
             self._local.conn = conn
+            self._local.writes = 0
         return conn
 
     @contextmanager
@@ -122,6 +132,13 @@ class SqliteStore:
         """An immediate (write-locked) transaction; any SQLite failure is a StoreError."""
         with self._write_lock, self._file_lock(), self._transaction() as conn:
             yield conn
+        self._local.writes += 1
+        if self._local.writes % _CHECKPOINT_EVERY == 0:
+            # PASSIVE: copies what it can without blocking writers (or waiting for readers).
+            try:
+                conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            except sqlite3.Error as exc:  # a later checkpoint catches up
+                log.warning("WAL checkpoint failed: %s", exc)
 
     @contextmanager
     def _file_lock(self) -> Iterator[None]:
