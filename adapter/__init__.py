@@ -7,6 +7,7 @@ translate source events), :class:`Translation`, :class:`Link`, :class:`MappingEr
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Any
 
 from adapter.identity import Link
@@ -26,6 +27,13 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     from adapter import web
     from adapter.config import Config
 
+    if not logging.getLogger().handlers:
+        # Under gunicorn (or a bare `flask run`) nobody configured logging: without this,
+        # our warnings would print without time, level or origin.
+        logging.basicConfig(
+            level=logging.INFO,
+            format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s",
+        )
     app = Flask(__name__)
     app.config.from_object(Config())
     if test_config is not None:

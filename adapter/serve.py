@@ -18,11 +18,16 @@ import subprocess
 import sys
 import time
 
+import gunicorn
+
 __all__ = ["gunicorn_command", "serve"]
 
 log = logging.getLogger("adapter.serve")
 
 _PR_SET_PDEATHSIG = 1
+# gunicorn 27 opens a control socket at one fixed path per user: two services on a host
+# would fight over it, and supervision is ours. Older versions have no such socket.
+_NO_CONTROL_SOCKET = ["--no-control-socket"] if gunicorn.version_info >= (27,) else []
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
@@ -45,6 +50,7 @@ def gunicorn_command(bind: str, workers: int, threads: int) -> list[str]:
         "--timeout", "30",
         "--graceful-timeout", "20",
         "--keep-alive", "5",
+        *_NO_CONTROL_SOCKET,
         "adapter:create_app()",
     ]  # fmt: skip
 
