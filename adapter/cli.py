@@ -6,6 +6,7 @@ Exit codes: 0 success, 1 the input or data was bad, 2 usage error (argparse's ow
 from __future__ import annotations
 
 import argparse
+import gzip
 import logging
 import os
 import signal
@@ -13,21 +14,23 @@ import sys
 import threading
 from collections import Counter
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import IO
+from zoneinfo import ZoneInfoNotFoundError
 
 import orjson
 
 from adapter import segment
 from adapter.config import Config, forwarder_settings, mappings_dir
 from adapter.mapping import MappingError, Translator, load_mapping
+from adapter.mixpanel import Normalizer
 from adapter.reader import ReadError, read_json_values
 from adapter.store import StoreError, open_store
 
 __all__ = ["main"]
 
-SOURCES = ("segment",)
+SOURCES = ("segment", "mixpanel")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -64,6 +67,52 @@ def _translate_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("source", choices=SOURCES, help="where the events come from")
     parser.add_argument("file", nargs="?", default="-", help="input file, or - for stdin")
     parser.add_argument("--mappings", metavar="DIR", help="mapping folder (default: MAPPINGS_DIR)")
+    _time_args(parser)
+
+
+def _time_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument(
+        "--time-offset",
+        type=float,
+        metavar="HOURS",
+        help="Mixpanel projects created before 2023 export local time: the project's fixed "
+        "UTC offset (e.g. -8) to undo",
+    )
+    group.add_argument(
+        "--project-timezone",
+        metavar="TZ",
+        help="the same, DST-aware: the project's timezone (e.g. America/Los_Angeles)",
+    )
+
+
+def _normalizer(args: argparse.Namespace) -> Normalizer | None:
+    """The Mixpanel normaliser for these options, or None after printing a usage error."""
+    try:
+        return Normalizer(
+            time_offset=args.time_offset,
+            timezone=args.project_timezone,
+            since=_instant(getattr(args, "since", None), end_of_day=False),
+            until=_instant(getattr(args, "until", None), end_of_day=True),
+        )
+    except (ValueError, ZoneInfoNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return None
+
+
+def _instant(text: str | None, *, end_of_day: bool) -> datetime | None:
+    """--since/--until: a date (whole days, --until inclusive) or an ISO time (UTC if naive)."""
+    if text is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"not a date or ISO time: {text!r} (e.g. 2024-03-31)") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    if end_of_day and len(text) == 10:  # a bare date: the whole day is included
+        moment += timedelta(days=1)
+    return moment
 
 
 def _mappings_args(parser: argparse.ArgumentParser) -> None:
@@ -101,6 +150,11 @@ def _translate(args: argparse.Namespace) -> int:
     stream = _open_input(args.file)
     if stream is None:
         return 1
+    if args.source == "mixpanel":
+        normalizer = _normalizer(args)
+        if normalizer is None:
+            return 2
+        return _translate_mixpanel(stream, args.file, translator, normalizer)
     out = sys.stdout.buffer
     err = sys.stderr
     counts: Counter[str] = Counter()
@@ -136,6 +190,146 @@ def _translate(args: argparse.Namespace) -> int:
         file=err,
     )
     return 1 if counts["errors"] else 0
+
+
+def _translate_mixpanel(
+    stream: IO[bytes], name: str, translator: Translator, normalizer: Normalizer
+) -> int:
+    """translate for Mixpanel exports: rows normalised, then mapped; nothing stored."""
+    from adapter.mixpanel import iter_rows
+
+    if stream.peek(2)[:2] == b"\x1f\x8b":  # gzip, recognised by content
+        stream = gzip.GzipFile(fileobj=stream)
+    out = sys.stdout.buffer
+    counts: Counter[str] = Counter()
+    label = "stdin" if name == "-" else name
+    try:
+        for where, row in iter_rows(stream, label):
+            counts["inputs"] += 1
+            if isinstance(row, ReadError):
+                counts["errors"] += 1
+                print(f"{where}: error: {row.message}", file=sys.stderr)
+                continue
+            _, event = normalizer(row)
+            if isinstance(event, str):
+                counts["skipped"] += 1
+                print(f"{where}: skipped: {event}", file=sys.stderr)
+                continue
+            result = translator.translate(event)
+            counts["links"] += len(result.links)
+            for record in result.records:
+                out.write(orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE))
+            counts["records"] += len(result.records)
+            if result.skipped is not None:
+                counts["skipped"] += 1
+                print(f"{where}: skipped: {result.skipped}{_extras(result)}", file=sys.stderr)
+    finally:
+        out.flush()
+        if stream is not sys.stdin.buffer:
+            stream.close()
+    print(
+        f"{counts['inputs']} inputs: {counts['records']} records, {counts['skipped']} skipped, "
+        f"{counts['errors']} errors, {counts['links']} identity links, 0 deletions",
+        file=sys.stderr,
+    )
+    return 1 if counts["errors"] else 0
+
+
+def _replay_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("source", choices=["mixpanel"], help="the export's origin")
+    parser.add_argument(
+        "files",
+        nargs="+",
+        type=Path,
+        metavar="FILE",
+        help="export files: JSON Lines or JSON arrays, plain or gzip",
+    )
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="write the records instead of storing and sending them",
+    )
+    parser.add_argument(
+        "--output",
+        type=Path,
+        metavar="FILE",
+        help="with --dry-run: where to write the records (default stdout)",
+    )
+    parser.add_argument("--since", metavar="DATE", help="only events at or after this date/time")
+    parser.add_argument(
+        "--until", metavar="DATE", help="only events before this time, or on or before this date"
+    )
+    parser.add_argument(
+        "--resume", action="store_true", help="continue each file after its last stored chunk"
+    )
+    parser.add_argument("--mappings", metavar="DIR", help="mapping folder (default: MAPPINGS_DIR)")
+    _time_args(parser)
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from adapter.forwarder import Forwarder
+    from adapter.miso import MisoClient
+    from adapter.replay import replay_files
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    missing = [str(p) for p in args.files if not p.is_file()]
+    if missing:
+        print(f"error: no such file: {', '.join(missing)}", file=sys.stderr)
+        return 1
+    if args.output is not None and not args.dry_run:
+        print("error: --output goes with --dry-run", file=sys.stderr)
+        return 2
+    normalizer = _normalizer(args)
+    if normalizer is None:
+        return 2
+    translator = _load("mixpanel", mappings_dir(args.mappings))
+    if translator is None:
+        return 1
+    config = Config()
+    if args.dry_run:
+        output = args.output.open("wb") if args.output else sys.stdout.buffer
+        try:
+            summary = replay_files(
+                args.files,
+                translator=translator,
+                normalizer=normalizer,
+                store=None,
+                dedup_ttl=0,
+                output=output,
+            )
+        finally:
+            if args.output:
+                output.close()
+        for line in summary.lines(dry_run=True, store_stats=None):
+            print(line, file=sys.stderr)
+        return 1 if summary.malformed else 0
+    if not config.MISO_API_KEY:
+        print(
+            "error: MISO_API_KEY is not set: set it, or use --dry-run to see the records",
+            file=sys.stderr,
+        )
+        return 1
+    try:
+        store = open_store(config.ADAPTER_STORE)
+    except StoreError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    settings = forwarder_settings()
+    timeout = (min(5.0, settings.lease / 3), min(20.0, settings.lease * 2 / 3))
+    client = MisoClient(config.MISO_API_URL, config.MISO_API_KEY, timeout=timeout)
+    summary = replay_files(
+        args.files,
+        translator=translator,
+        normalizer=normalizer,
+        store=store,
+        dedup_ttl=config.DEDUP_HOURS * 3600,
+        resume=args.resume,
+        forwarder=Forwarder(store, client, settings),
+    )
+    stats = store.stats()
+    for line in summary.lines(dry_run=False, store_stats=stats):
+        print(line, file=sys.stderr)
+    return 1 if summary.malformed or stats["spool"] else 0
 
 
 def _extras(result: object) -> str:
@@ -313,6 +507,11 @@ _COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Calla
         _serve,
     ),
     "forward": ("run the forwarder alone", lambda parser: None, _forward),
+    "replay": (
+        "replay Mixpanel export files into Miso: replay mixpanel FILE... [options]",
+        _replay_args,
+        _replay,
+    ),
     "dead-letters": (
         "inspect and resend what Miso refused: list | retry [--all | ID...] | purge",
         _dead_letters_args,

@@ -41,6 +41,8 @@ class Config:
         self.SEGMENT_MAX_BODY = 4 * 1024 * 1024  # Webhooks (Actions) batches: up to 4 MB
         self.TRACKING_MAX_MESSAGE = 32 * 1024  # HTTP Tracking API: 32 KB per call
         self.TRACKING_MAX_BATCH = 500 * 1024  # and 500 KB per /v1/batch request
+        # /mixpanel streams, so the limit bounds work, not memory.
+        self.MIXPANEL_MAX_BODY = int(float(env("ADAPTER_MIXPANEL_MAX_MB", "2048")) * 1024 * 1024)
 
 
 def forwarder_settings() -> ForwarderSettings:

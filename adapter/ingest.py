@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import orjson
 
@@ -49,13 +50,17 @@ def ingest(
     *,
     source: str,
     dedup_ttl: float,
+    status: tuple[str, dict[str, Any]] | None = None,
+    result: IngestResult | None = None,
 ) -> IngestResult:
     """Translate ``(dedup_key, event)`` pairs and accept their records atomically.
 
     An event given as a string is an input that could not be read as an event; the
-    string says why, and it is counted as skipped with that reason.
+    string says why, and it is counted as skipped with that reason. ``status`` is
+    stored in the same transaction (a replay checkpoint); counts add to ``result``
+    when one is given (a long stream ingested chunk by chunk).
     """
-    result = IngestResult()
+    result = result if result is not None else IngestResult()
     incoming: list[Incoming] = []
     counted: list[tuple[int, int]] = []  # records, deletions per incoming item
     for key, event in events:
@@ -77,7 +82,7 @@ def ingest(
             )
             counted.append((len(translation.records), len(translation.deletions)))
         result.links += len(translation.links)
-    duplicates = store.accept(incoming, dedup_ttl) if incoming else []
+    duplicates = store.accept(incoming, dedup_ttl, status) if incoming or status else []
     for (n_records, n_deletions), duplicate in zip(counted, duplicates, strict=True):
         if duplicate:
             result.duplicates += 1

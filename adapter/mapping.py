@@ -323,6 +323,7 @@ class _LinkSchema(_Strict):
 class _RuleSchema(_Strict):
     name = mf.String()
     events = _NameList()
+    event_patterns = _NameList()
     calls = _NameList()
     pages = _NameList()
     type = mf.String()
@@ -836,6 +837,7 @@ class Translator:
         page_rules: list[tuple[re.Pattern[str], _Rule]],
         call_rules: dict[str, _Rule],
         event_rules: dict[str, _Rule],
+        name_patterns: list[tuple[re.Pattern[str], _Rule]],
         unmatched: _Rule | None,
         links: list[tuple[Resolver, Resolver]],
     ) -> None:
@@ -849,6 +851,7 @@ class Translator:
         self._page_rules = page_rules
         self._call_rules = call_rules
         self._event_rules = event_rules
+        self._name_patterns = name_patterns
         self._unmatched = unmatched
         self._links = links
         # Raw event name → rule (or None); event names repeat endlessly, normalising once
@@ -864,6 +867,7 @@ class Translator:
         rules = {id(r) for r in self._event_rules.values()}
         rules |= {id(r) for r in self._call_rules.values()}
         rules |= {id(r) for _, r in self._page_rules}
+        rules |= {id(r) for _, r in self._name_patterns}
         return len(rules)
 
     @property
@@ -877,7 +881,11 @@ class Translator:
             return self._name_cache[name]
         except KeyError:
             key = normalize_name(name)
-            found = (key in self._page_events, self._event_rules.get(key))
+            rule = self._event_rules.get(key)
+            if rule is None:
+                # Exact names first; patterns ("^\$mp_") catch what no name claims.
+                rule = next((r for p, r in self._name_patterns if p.search(name)), None)
+            found = (key in self._page_events, rule)
             if len(self._name_cache) < 100_000:  # bounded: hostile input has endless names
                 self._name_cache[name] = found
             return found
@@ -1119,14 +1127,17 @@ def _compile(data: dict, located: Located, filename: str) -> Translator:
             item_lists[name] = compiled
 
     page_rules: list[tuple[re.Pattern[str], _Rule]] = []
+    name_patterns: list[tuple[re.Pattern[str], _Rule]] = []
     call_rules: dict[str, _Rule] = {}
     event_rules: dict[str, _Rule] = {}
     claimed: dict[tuple[str, str], int] = {}
     for index, raw in enumerate(data["rules"]):
         path: KeyPath = ("rules", index)
-        matchers = [k for k in ("events", "calls", "pages") if k in raw]
+        matchers = [k for k in ("events", "event_patterns", "calls", "pages") if k in raw]
         if not matchers:
-            compiler.problem(path, "a rule needs 'events', 'calls' or 'pages' to match on")
+            compiler.problem(
+                path, "a rule needs 'events', 'event_patterns', 'calls' or 'pages' to match on"
+            )
             continue
         label = raw.get("name") or _label(raw)
         is_page_rule = "pages" in raw
@@ -1153,6 +1164,13 @@ def _compile(data: dict, located: Located, filename: str) -> Translator:
                 claimed[(kind, key)] = located.line_of((*path, kind, position))
                 table[key] = rule
         page_rules.extend((pattern, rule) for pattern in rule.patterns)
+        for position, text in enumerate(raw.get("event_patterns", [])):
+            try:
+                name_patterns.append((re.compile(text, re.IGNORECASE), rule))
+            except re.error as exc:
+                compiler.problem(
+                    (*path, "event_patterns", position), f"bad regular expression: {exc}"
+                )
 
     unmatched = _compile_unmatched(data.get("unmatched", "skip"), compiler, common, item_lists)
     links = compiler.links(data.get("links", []), ("links",))
@@ -1169,6 +1187,7 @@ def _compile(data: dict, located: Located, filename: str) -> Translator:
         page_rules=page_rules,
         call_rules=call_rules,
         event_rules=event_rules,
+        name_patterns=name_patterns,
         unmatched=unmatched,
         links=links,
     )
@@ -1190,7 +1209,7 @@ def _compile_unmatched(
         return None
     try:
         # The `unmatched:` rule is a rule body without matchers.
-        body = _RuleSchema(exclude=("events", "calls", "pages")).load(raw)
+        body = _RuleSchema(exclude=("events", "event_patterns", "calls", "pages")).load(raw)
     except ValidationError as exc:
         for path, message in _flatten(exc.normalized_messages(), ("unmatched",)):
             compiler.problem(path, message)
@@ -1199,7 +1218,7 @@ def _compile_unmatched(
 
 
 def _label(raw: dict) -> str:
-    for key in ("events", "calls", "pages"):
+    for key in ("events", "event_patterns", "calls", "pages"):
         if raw.get(key):
             return str(raw[key][0])
     return "rule"  # pragma: no cover - every rule has a matcher

@@ -13,10 +13,15 @@ when the store cannot persist (Segment retries 5xx for 4 hours).
 from __future__ import annotations
 
 import base64
+import gzip
+import hmac
+import io
 import logging
 import zlib
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfoNotFoundError
 
 import orjson
 from flask import Blueprint, Flask, Response, current_app, jsonify, request
@@ -27,6 +32,8 @@ from adapter.forwarder import MISO_STATUS
 from adapter.ingest import ingest
 from adapter.mapping import Translator, load_mapping
 from adapter.miso import key_id
+from adapter.mixpanel import Normalizer, iter_rows
+from adapter.replay import ReplaySummary, chunks
 from adapter.store import Store, StoreError, open_store
 
 __all__ = ["init_app"]
@@ -201,6 +208,114 @@ def tracking_call(call: str):
     return _tracking(name)
 
 
+class _Bounded(io.RawIOBase):
+    """A read-only stream that refuses to deliver more than ``limit`` bytes (413)."""
+
+    def __init__(self, stream: Any, limit: int, what: str) -> None:
+        self._stream = stream
+        self._left = limit
+        self._limit = limit
+        self._what = what
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        data = self._stream.read(min(len(buffer), self._left + 1))
+        if len(data) > self._left:
+            raise ApiError(413, f"{self._what} is over the limit of {self._limit} bytes")
+        self._left -= len(data)
+        buffer[: len(data)] = data
+        return len(data)
+
+
+def _token_required() -> None:
+    """Operator routes need ``Authorization: Bearer <ADAPTER_TOKEN>`` when it is set."""
+    token = current_app.config["ADAPTER_TOKEN"]
+    if not token:
+        return
+    header = request.headers.get("Authorization", "")
+    given = header[7:].strip() if header[:7].lower() == "bearer " else ""
+    if not hmac.compare_digest(given.encode(), token.encode()):
+        raise ApiError(401, "missing or invalid bearer token")
+
+
+def _mixpanel_normalizer() -> Normalizer:
+    """Options of a pre-2023 project's export, from the query string (like the CLI's)."""
+    args = request.args
+    try:
+        offset = args.get("time_offset", type=float)
+        if "time_offset" in args and offset is None:
+            raise ValueError(f"time_offset must be a number of hours, got {args['time_offset']!r}")
+        return Normalizer(
+            time_offset=offset,
+            timezone=args.get("project_timezone") or None,
+            since=_query_instant("since", end_of_day=False),
+            until=_query_instant("until", end_of_day=True),
+        )
+    except (ValueError, ZoneInfoNotFoundError) as exc:
+        raise ApiError(400, f"bad query parameter: {exc}") from None
+
+
+def _query_instant(name: str, *, end_of_day: bool) -> datetime | None:
+    text = request.args.get(name)
+    if not text:
+        return None
+    moment = datetime.fromisoformat(text)
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment + timedelta(days=1) if end_of_day and len(text) == 10 else moment
+
+
+@bp.post("/mixpanel")
+def mixpanel_export():
+    """A Mixpanel export (JSON Lines or a JSON array, gzip allowed), streamed into the store.
+
+    Rows are stored a chunk at a time as they arrive, never holding the body: a body cut
+    off midway keeps what was stored, and a re-post is deduplicated.
+    """
+    _token_required()
+    mimetype = request.mimetype
+    allowed = ("application/x-ndjson", "application/jsonl", "text/plain", "application/json")
+    if mimetype and mimetype not in allowed:
+        raise ApiError(415, f"unsupported Content-Type {mimetype!r}: send {', '.join(allowed)}")
+    limit = current_app.config["MIXPANEL_MAX_BODY"]
+    if request.content_length is not None and request.content_length > limit:
+        raise ApiError(413, f"body of {request.content_length} bytes is over the limit of {limit}")
+    normalizer = _mixpanel_normalizer()
+    stream: Any = _Bounded(request.stream, limit, "body")
+    encoding = (request.headers.get("Content-Encoding") or "").strip().lower()
+    if encoding in ("gzip", "x-gzip"):
+        stream = _Bounded(gzip.GzipFile(fileobj=stream), limit, "decompressed body")
+    elif encoding not in ("", "identity"):
+        raise ApiError(415, f"unsupported Content-Encoding {encoding!r}: send gzip or none")
+    summary = ReplaySummary()
+    errors: list[str] = []
+
+    def report(where: str, message: str) -> None:
+        if len(errors) < 20:
+            errors.append(f"{where}: {message}")
+
+    rows = ((where, row, 0) for where, row in iter_rows(io.BufferedReader(stream), "body"))
+    translator = _translator("mixpanel")
+    ttl = current_app.config["DEDUP_HOURS"] * 3600
+    try:
+        for chunk, _, _ in chunks(rows, normalizer, summary, report):
+            if chunk:
+                ingest(_store(), translator, chunk, source="mixpanel", dedup_ttl=ttl,
+                       result=summary.result)  # fmt: skip
+    except (OSError, EOFError, zlib.error) as exc:
+        raise ApiError(400, f"body is not valid gzip: {exc}") from None
+    except StoreError as exc:
+        log.error("store cannot persist, answering 503: %s", exc)
+        raise ApiError(503, "cannot store the events right now; retry later") from None
+    if summary.rows and summary.malformed == summary.rows:
+        raise ApiError(400, f"no readable Mixpanel rows: {errors[0]}")
+    if not summary.rows:
+        raise ApiError(400, "empty body: expected Mixpanel export rows")
+    return jsonify(**summary.result.as_dict(), malformed=summary.malformed, errors=errors)
+
+
 @bp.after_request
 def _cors(response: Response) -> Response:
     """Browsers (analytics.js) may post to the Tracking API from another origin.
@@ -279,6 +394,8 @@ def _warn_open(app: Flask) -> None:
         log.warning("SEGMENT_WRITE_KEYS is not set: /v1/* accepts any write key")
     if not app.config["MISO_API_KEY"]:
         log.warning("MISO_API_KEY is not set: events are stored but not sent; /readyz says so")
+    if not app.config["ADAPTER_TOKEN"]:
+        log.warning("ADAPTER_TOKEN is not set: /mixpanel accepts uploads from anyone")
 
 
 def init_app(app: Flask) -> None:

@@ -78,7 +78,8 @@ CASES = [
     (
         "no-matcher",
         GOOD_HEAD + "  - type: like\n",
-        "bad.yaml:6: rules[0]: a rule needs 'events', 'calls' or 'pages' to match on",
+        "bad.yaml:6: rules[0]: a rule needs 'events', 'event_patterns', 'calls' or 'pages' "
+        "to match on",
     ),
     (
         "event-claimed-twice",

@@ -100,7 +100,7 @@ class TestAppFactory:
         """create_app takes a test config and compiles the tables it points at."""
         app = create_app({"TESTING": True, "MAPPINGS_DIR": str(ROOT / "mappings")})
         assert app.testing
-        assert set(app.extensions["miso-adapter.translators"]) == {"segment"}
+        assert set(app.extensions["miso-adapter.translators"]) == {"mixpanel", "segment"}
 
     def test_default_app_is_not_testing(self):
         """Without a test config the app reads the environment and is not in testing mode."""

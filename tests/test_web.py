@@ -11,6 +11,7 @@ import gzip
 import hashlib
 import hmac
 import io
+from typing import ClassVar
 
 import orjson
 import pytest
@@ -302,7 +303,7 @@ class TestHealth:
         assert response.status_code == 200
         assert response.json == {
             "ready": True,
-            "checks": {"store": "ok", "mappings": "segment", "miso": "ok"},
+            "checks": {"store": "ok", "mappings": "mixpanel, segment", "miso": "ok"},
         }
 
     def test_not_ready_without_key(self, app, client):
@@ -377,3 +378,90 @@ def test_tracking_route_names_the_call(app, client):
     assert spooled(app) == [
         {"type": "home_page_view", "user_id": "u1", "context": {"page": {"url": "https://s.io/"}}}
     ]
+
+
+class TestMixpanelRoute:
+    ROWS: ClassVar[list[dict]] = [
+        {"event": "Product Viewed", "properties": {"time": 1718035220, "distinct_id": "u1",
+                                                   "$insert_id": "i1", "product_id": "P1"}},
+        {"event": "$mp_click", "properties": {"time": 1718035221, "distinct_id": "u1"}},
+        {"event": "Add To Cart", "properties": {"time": 1718035222, "distinct_id": "u1",
+                                                "$insert_id": "i2", "sku": "S2", "quantity": 2}},
+    ]  # fmt: skip
+
+    @staticmethod
+    def jsonl(rows) -> bytes:
+        return b"".join(orjson.dumps(r) + b"\n" for r in rows)
+
+    def test_jsonl_export_is_stored_with_counts(self, app, client):
+        """A JSON Lines export is translated, stored, and answered with counts."""
+        response = post(client, "/mixpanel", self.jsonl(self.ROWS),
+                        **{"Content-Type": "application/x-ndjson"})  # fmt: skip
+        assert response.status_code == 200
+        assert response.json == {
+            "received": 3, "accepted": 2, "duplicates": 0,
+            "skipped": {"Mixpanel autocapture event": 1}, "links": 0, "deletions": 0,
+            "malformed": 0, "errors": [],
+        }  # fmt: skip
+        assert spooled(app) == [
+            {"type": "product_detail_page_view", "user_id": "u1",
+             "timestamp": "2024-06-10T16:00:20.000Z", "product_ids": ["P1"]},
+            {"type": "add_to_cart", "user_id": "u1", "timestamp": "2024-06-10T16:00:22.000Z",
+             "product_ids": ["S2"], "quantities": [2]},
+        ]  # fmt: skip
+
+    def test_array_gzip_and_redelivery(self, app, client):
+        """A gzipped JSON array works; posting the same export again stores nothing new."""
+        body = gzip.compress(orjson.dumps(self.ROWS))
+        first = post(client, "/mixpanel", body, **{"Content-Encoding": "gzip"})
+        again = post(client, "/mixpanel", body, **{"Content-Encoding": "gzip"})
+        assert (first.json["accepted"], again.json["accepted"], again.json["duplicates"]) == (
+            2,
+            0,
+            2,
+        )
+        assert len(spooled(app)) == 2
+
+    def test_malformed_lines_are_counted(self, client):
+        """A broken line is reported with its line number; the others are stored."""
+        body = self.jsonl(self.ROWS[:1]) + b"{broken\n" + self.jsonl(self.ROWS[2:])
+        response = post(client, "/mixpanel", body, **{"Content-Type": "text/plain"})
+        assert response.status_code == 200
+        assert (response.json["accepted"], response.json["malformed"]) == (2, 1)
+        assert response.json["errors"][0].startswith("body:2: invalid JSON")
+
+    def test_nothing_readable_is_400(self, client):
+        """A body with no readable row is a 400 saying why."""
+        response = post(client, "/mixpanel", b"not json at all\n", **{"Content-Type": "text/plain"})
+        assert response.status_code == 400
+        assert response.json["error"].startswith("no readable Mixpanel rows: body:1: invalid JSON")
+
+    def test_project_timezone_query(self, app, client):
+        """?project_timezone= converts a pre-2023 project's local times to UTC."""
+        url = "/mixpanel?project_timezone=America/Los_Angeles"
+        assert post(client, url, self.jsonl(self.ROWS[:1])).status_code == 200
+        assert spooled(app)[0]["timestamp"] == "2024-06-10T23:00:20.000Z"  # PDT is UTC-7
+        bad = post(client, "/mixpanel?project_timezone=Nowhere/Land", self.jsonl(self.ROWS))
+        assert bad.status_code == 400 and "bad query parameter" in bad.json["error"]
+
+    def test_token_required_when_set(self, app):
+        """With ADAPTER_TOKEN set, /mixpanel needs the bearer token."""
+        app.config["ADAPTER_TOKEN"] = "op-token"
+        client = app.test_client()
+        body = self.jsonl(self.ROWS)
+        assert post(client, "/mixpanel", body).status_code == 401
+        assert post(client, "/mixpanel", body, Authorization="Bearer nope").status_code == 401
+        ok = post(client, "/mixpanel", body, Authorization="Bearer op-token")
+        assert ok.status_code == 200
+        assert "op-token" not in post(client, "/mixpanel", body).get_data(as_text=True)
+
+    def test_limits(self, app, client):
+        """Over the limit is 413 (declared, or once decompressed); odd types are 415."""
+        app.config["MIXPANEL_MAX_BODY"] = 2000
+        assert post(client, "/mixpanel", b" " * 3000).status_code == 413
+        bomb = gzip.compress(self.jsonl(self.ROWS * 100))
+        assert post(client, "/mixpanel", bomb, **{"Content-Encoding": "gzip"}).status_code == 413
+        form = client.post(
+            "/mixpanel", data="a=1", content_type="application/x-www-form-urlencoded"
+        )
+        assert form.status_code == 415

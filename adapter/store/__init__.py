@@ -74,8 +74,17 @@ class DeadLetter:
 class Store(Protocol):
     """The operations routes, replay and forwarder need; nothing else."""
 
-    def accept(self, batch: Sequence[Incoming], dedup_ttl: float) -> list[bool]:
-        """Dedup and enqueue in one transaction; returns a duplicate flag per item."""
+    def accept(
+        self,
+        batch: Sequence[Incoming],
+        dedup_ttl: float,
+        status: tuple[str, dict[str, Any]] | None = None,
+    ) -> list[bool]:
+        """Dedup and enqueue in one transaction; returns a duplicate flag per item.
+
+        ``status`` (name, value) is published in the same transaction: a replay's
+        checkpoint is then exactly as far as what it has stored.
+        """
 
     def claim(
         self, kind: str, limit: int, max_bytes: int, lease: float, owner: str

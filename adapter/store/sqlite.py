@@ -190,7 +190,12 @@ class SqliteStore:
 
     # ------------------------------------------------------------------ intake
 
-    def accept(self, batch: Sequence[Incoming], dedup_ttl: float) -> list[bool]:
+    def accept(
+        self,
+        batch: Sequence[Incoming],
+        dedup_ttl: float,
+        status: tuple[str, dict[str, Any]] | None = None,
+    ) -> list[bool]:
         """Dedup and enqueue in one transaction: all of it is durable, or none of it."""
         now = time.time()
         duplicates: list[bool] = []
@@ -220,6 +225,8 @@ class SqliteStore:
                     "VALUES (?, ?, ?, ?, ?, ?)",
                     rows,
                 )
+            if status is not None:
+                self._put_status(db, *status)
         return duplicates
 
     # ------------------------------------------------------------------ forwarding
@@ -326,15 +333,19 @@ class SqliteStore:
     def set_status(self, name: str, value: dict[str, Any] | None) -> None:
         """Publish (or clear, with None) a status other processes read."""
         with self._write() as db:
-            if value is None:
-                db.execute("DELETE FROM status WHERE name = ?", (name,))
-            else:
-                db.execute(
-                    "INSERT INTO status (name, value, updated_at) VALUES (?, ?, ?) "
-                    "ON CONFLICT (name) DO UPDATE SET value = excluded.value, "
-                    "updated_at = excluded.updated_at",
-                    (name, orjson.dumps(value), time.time()),
-                )
+            self._put_status(db, name, value)
+
+    @staticmethod
+    def _put_status(db: sqlite3.Connection, name: str, value: dict[str, Any] | None) -> None:
+        if value is None:
+            db.execute("DELETE FROM status WHERE name = ?", (name,))
+        else:
+            db.execute(
+                "INSERT INTO status (name, value, updated_at) VALUES (?, ?, ?) "
+                "ON CONFLICT (name) DO UPDATE SET value = excluded.value, "
+                "updated_at = excluded.updated_at",
+                (name, orjson.dumps(value), time.time()),
+            )
 
     def get_status(self, name: str) -> dict[str, Any] | None:
         """A status published by any process, or None."""

@@ -1,0 +1,296 @@
+"""Replaying Mixpanel exports into Miso: stream, normalise, translate, store, forward.
+
+Files are read row by row (constant memory); rows are normalised and translated, then
+stored in chunks, each chunk in ONE transaction together with the file's checkpoint
+(how many rows are done), so ``--resume`` continues exactly where the last committed
+chunk ended, and the store's dedup keys make a second run, or an overlapping export,
+send nothing twice. A forwarder in a background thread sends as the replay reads;
+when Miso is slow or refusing (429, 5xx), the spool grows to a bound and reading waits:
+the replay slows down instead of dropping anything.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import orjson
+
+from adapter.forwarder import MISO_STATUS, Forwarder
+from adapter.ingest import IngestResult, ingest
+from adapter.mapping import Translator
+from adapter.mixpanel import Normalizer, iter_rows, open_export
+from adapter.reader import ReadError
+from adapter.store import Store
+
+__all__ = ["ReplaySummary", "chunks", "replay_files"]
+
+CHUNK = 1000  # rows per transaction: one fsync per thousand events
+MAX_SPOOL = 50_000  # records waiting for Miso before reading pauses (backpressure)
+SHOWN_ERRORS = 20  # malformed rows printed one by one; the rest only counted
+
+
+@dataclass
+class ReplaySummary:
+    """What a replay did, for the final report."""
+
+    files: int = 0
+    rows: int = 0
+    resumed_rows: int = 0  # rows skipped because a checkpoint said they were done
+    malformed: int = 0
+    result: IngestResult = field(default_factory=IngestResult)
+    records_out: int = 0  # dry run: records written
+    delivered_wait: str = ""  # how the wait for delivery ended
+
+    def lines(self, *, dry_run: bool, store_stats: dict[str, Any] | None) -> list[str]:
+        """The human summary printed at the end."""
+        r = self.result
+        out = [f"read {self.rows:,} rows from {self.files} file(s); {self.malformed:,} malformed"]
+        if self.resumed_rows:
+            out.append(f"resumed: {self.resumed_rows:,} rows already done were skipped")
+        if dry_run:
+            out.append(f"records written: {self.records_out:,} (dry run: nothing stored or sent)")
+        else:
+            out.append(f"records accepted: {r.accepted:,}   duplicates: {r.duplicates:,}")
+            if store_stats is not None:
+                out.append(
+                    f"spool now: {store_stats['spool']:,} waiting   "
+                    f"dead letters: {store_stats['dead_letters']:,}"
+                )
+            if self.delivered_wait:
+                out.append(self.delivered_wait)
+        out.append(f"identity links learned: {r.links:,}")
+        skipped = sum(r.skipped.values())
+        out.append(f"skipped: {skipped:,}")
+        for reason, count in r.skipped.most_common():
+            out.append(f"  {count:>10,}  {reason}")
+        return out
+
+
+def checkpoint_name(path: Path) -> str:
+    """The status name of a file's checkpoint: the same file (path, size, mtime) only."""
+    stat = path.stat()
+    identity = f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
+    return "replay:" + hashlib.sha1(identity.encode()).hexdigest()[:16]
+
+
+class Progress:
+    """A tqdm bar on a terminal (bytes of the file, events, events/s, ETA); plain lines else."""
+
+    def __init__(self, total_bytes: int, label: str, stream: IO[str] = sys.stderr) -> None:
+        self.interactive = stream.isatty()
+        self.stream = stream
+        self.total = total_bytes
+        self.label = label
+        self.started = time.monotonic()
+        self.last_line = self.started
+        self.events = 0
+        self._bar = None
+        if self.interactive:
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=total_bytes, unit="B", unit_scale=True, desc=label,
+                             file=stream, dynamic_ncols=True)  # fmt: skip
+
+    def update(self, position: int, events: int) -> None:
+        self.events = events
+        rate = events / max(time.monotonic() - self.started, 1e-9)
+        if self._bar is not None:
+            self._bar.n = position
+            self._bar.set_postfix_str(f"{events:,} events, {rate:,.0f}/s", refresh=True)
+            return
+        now = time.monotonic()
+        if now - self.last_line >= 10:
+            self.last_line = now
+            done = position / self.total if self.total else 0
+            eta = (now - self.started) * (1 - done) / done if done else 0
+            line = (
+                f"{self.label}: {events:,} events ({rate:,.0f}/s), {done:.0%} of "
+                f"{self.total / 1e6:,.1f} MB, ETA {eta:,.0f}s"
+            )
+            print(line, file=self.stream, flush=True)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+
+def _rows(path: Path) -> Iterator[tuple[str, Any, int]]:
+    """(where, row, raw bytes read so far) for every row of one export file."""
+    stream, raw = open_export(path)
+    try:
+        for where, row in iter_rows(stream, str(path)):
+            yield where, row, raw.tell()
+    finally:
+        stream.close()
+        raw.close()
+
+
+def replay_files(
+    paths: list[Path],
+    *,
+    translator: Translator,
+    normalizer: Normalizer,
+    store: Store | None,
+    dedup_ttl: float,
+    resume: bool = False,
+    output: IO[bytes] | None = None,
+    forwarder: Forwarder | None = None,
+    errors: IO[str] = sys.stderr,
+    wait_for_delivery: float = 3600.0,
+    max_spool: int = MAX_SPOOL,
+) -> ReplaySummary:
+    """Replay export files; with ``store`` None it is a dry run writing to ``output``."""
+    summary = ReplaySummary()
+    stop = threading.Event()
+    sender = None
+    if forwarder is not None and store is not None:
+        sender = threading.Thread(target=forwarder.run, args=(stop,), daemon=True)
+        sender.start()
+    try:
+        for path in paths:
+            summary.files += 1
+            _replay_one(path, summary, translator, normalizer, store, dedup_ttl, resume,
+                        output, errors, max_spool, forwarder)  # fmt: skip
+        if sender is not None and store is not None:
+            summary.delivered_wait = _wait_for_delivery(store, forwarder, wait_for_delivery)
+    finally:
+        stop.set()
+        if sender is not None:
+            sender.join(timeout=60)
+    return summary
+
+
+def chunks(
+    rows: Iterator[tuple[str, Any, int]],
+    normalizer: Normalizer,
+    summary: ReplaySummary,
+    report: Callable[[str, str], None],
+    *,
+    skip: int = 0,
+) -> Iterator[tuple[list[tuple[str | None, dict | str]], int, int]]:
+    """Normalised rows in chunks: ``(chunk, rows consumed so far, byte position)``.
+
+    The first ``skip`` rows are passed over (a resumed replay); malformed rows are
+    counted and reported, never fatal. The last chunk may be empty.
+    """
+    chunk: list[tuple[str | None, dict | str]] = []
+    consumed = position = 0
+    for where, row, position in rows:
+        consumed += 1
+        if consumed <= skip:
+            summary.resumed_rows += 1
+            continue
+        summary.rows += 1
+        if isinstance(row, ReadError):
+            summary.malformed += 1
+            report(where, row.message)
+            continue
+        chunk.append(normalizer(row))
+        if len(chunk) >= CHUNK:
+            yield chunk, consumed, position
+            chunk = []
+    yield chunk, consumed, position
+
+
+def _replay_one(
+    path: Path,
+    summary: ReplaySummary,
+    translator: Translator,
+    normalizer: Normalizer,
+    store: Store | None,
+    dedup_ttl: float,
+    resume: bool,
+    output: IO[bytes] | None,
+    errors: IO[str],
+    max_spool: int,
+    forwarder: Forwarder | None,
+) -> None:
+    name = checkpoint_name(path)
+    done = 0
+    if store is not None and resume:
+        saved = store.get_status(name)
+        done = int(saved["rows"]) if saved else 0
+    progress = Progress(path.stat().st_size, path.name)
+    shown = summary.malformed
+
+    def report(where: str, message: str) -> None:
+        if summary.malformed - shown <= SHOWN_ERRORS:
+            print(f"{where}: error: {message}", file=errors)
+
+    try:
+        for chunk, consumed, position in chunks(
+            _rows(path), normalizer, summary, report, skip=done
+        ):
+            if store is None:
+                _dry_run(chunk, translator, summary, output)
+            else:
+                _wait_for_room(store, max_spool, forwarder)
+                checkpoint = (name, {"file": str(path), "rows": consumed})
+                ingest(store, translator, chunk, source="mixpanel", dedup_ttl=dedup_ttl,
+                       status=checkpoint, result=summary.result)  # fmt: skip
+            progress.update(position, summary.result.received)
+    finally:
+        progress.close()
+    if summary.malformed - shown > SHOWN_ERRORS:
+        print(f"... {summary.malformed - shown - SHOWN_ERRORS:,} more malformed rows", file=errors)
+
+
+def _dry_run(
+    chunk: list[tuple[str | None, dict | str]],
+    translator: Translator,
+    summary: ReplaySummary,
+    output: IO[bytes] | None,
+) -> None:
+    """Translate without storing: what a real replay would queue (before dedup)."""
+    result = summary.result
+    for _, event in chunk:
+        result.received += 1
+        if isinstance(event, str):
+            result.skipped[event] += 1
+            continue
+        translation = translator.translate(event)
+        result.links += len(translation.links)
+        if translation.skipped is not None:
+            result.skipped[translation.skipped] += 1
+        for record in translation.records:
+            summary.records_out += 1
+            if output is not None:
+                output.write(orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE))
+
+
+def _wait_for_room(store: Store, max_spool: int, forwarder: Forwarder | None) -> None:
+    """Backpressure: while Miso is slower than the file, let the spool drain first."""
+    if forwarder is None:
+        return
+    while store.stats()["spool"] >= max_spool:
+        if forwarder.paused_until > time.time():
+            return  # Miso refuses the key: keep storing; nothing is lost, it waits
+        time.sleep(0.2)
+
+
+def _wait_for_delivery(store: Store, forwarder: Forwarder | None, limit: float) -> str:
+    """Wait until the spool is empty, or Miso refuses the key, or ``limit`` seconds pass."""
+    deadline = time.monotonic() + limit
+    while True:
+        stats = store.stats()
+        if stats["spool"] == 0:
+            return "delivered: everything accepted has reached Miso"
+        status = store.get_status(MISO_STATUS)
+        if status is not None and not status.get("ready", True):
+            return (
+                f"NOT delivered: {stats['spool']:,} records wait in the spool: {status['reason']}."
+                " Fix the key and run `miso-adapter forward` (or `serve`) to send them."
+            )
+        if time.monotonic() > deadline:
+            return (
+                f"still sending: {stats['spool']:,} records wait in the spool; a running "
+                "`miso-adapter forward` (or `serve`) will send them"
+            )
+        time.sleep(0.2)
