@@ -54,6 +54,7 @@ _SYSTEM = frozenset(
 )  # fmt: skip
 _SYSTEM_PREFIXES = ("$mp_api_",)
 _GZIP_MAGIC = b"\x1f\x8b"
+_BOM = b"\xef\xbb\xbf"
 _MS_THRESHOLD = 1e11
 
 
@@ -80,7 +81,9 @@ def iter_rows(stream: IO[bytes], name: str) -> Iterator[tuple[str, Any]]:
     line yields a ReadError in place of the row, and reading goes on.
     """
     buffered = io.BufferedReader(stream) if not isinstance(stream, io.BufferedReader) else stream
-    head = buffered.peek(64).lstrip(b"\xef\xbb\xbf \t\r\n")
+    if buffered.peek(3)[:3] == _BOM:
+        buffered.read(3)  # editors on Windows save one; no JSON parser accepts it
+    head = buffered.peek(64).lstrip(b" \t\r\n")
     if head.startswith(b"["):
         yield from _array_rows(buffered, name)
         return
@@ -139,8 +142,10 @@ class Normalizer:
         """``(dedup key, event)``, or ``(None, reason)`` for a row that is not an event."""
         if not isinstance(row, dict):
             return None, "not a Mixpanel event: expected a JSON object"
+        local_time = True
         if "event_name" in row and "event" not in row:
             row = _from_pipeline(row)
+            local_time = False  # Data Pipelines always write UTC, even for old projects
         name = row.get("event")
         props = row.get("properties")
         if not isinstance(props, dict):
@@ -152,12 +157,14 @@ class Normalizer:
             if isinstance(original, str) and original:
                 name = original
                 if props.get("mp_original_distinct_id") not in (None, ""):
-                    props["distinct_id"] = props["mp_original_distinct_id"]
+                    props = {**props, "distinct_id": props["mp_original_distinct_id"]}
         raw_time = props.get("time")
-        epoch = self._epoch(raw_time)
-        if epoch is not None and (
-            (self._since is not None and epoch < self._since)
-            or (self._until is not None and epoch >= self._until)
+        epoch = self._epoch(raw_time, local_time)
+        if epoch is None:
+            # Miso would stamp it "now": wrong for history, so it is not sent.
+            return None, "no valid time"
+        if (self._since is not None and epoch < self._since) or (
+            self._until is not None and epoch >= self._until
         ):
             return None, "outside --since/--until"
         key = self._dedup_key(name, props, raw_time)
@@ -173,13 +180,17 @@ class Normalizer:
 
     # -- time
 
-    def _epoch(self, raw: Any) -> float | None:
+    def _epoch(self, raw: Any, local_time: bool = True) -> float | None:
         """True UTC epoch seconds of a Mixpanel ``time`` (s or ms), local-time corrected."""
         number = values.to_number(raw)
         if number is None:
             stamp = values.to_timestamp(raw)  # Data Pipelines may carry ISO text (UTC)
             return datetime.fromisoformat(stamp).timestamp() if stamp else None
         epoch = float(number) / 1000.0 if abs(number) > _MS_THRESHOLD else float(number)
+        if epoch <= 0:
+            return None
+        if not local_time:
+            return epoch
         if self._zone is not None:
             # The number is local wall-clock time read as UTC: re-read it in the zone.
             try:
