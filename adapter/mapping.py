@@ -881,11 +881,13 @@ class Translator:
             return self._name_cache[name]
         except KeyError:
             key = normalize_name(name)
+            is_page = key in self._page_events
             rule = self._event_rules.get(key)
-            if rule is None:
-                # Exact names first; patterns ("^\$mp_") catch what no name claims.
+            if rule is None and not is_page:
+                # Exact names first; patterns ("^\$mp_") catch what no name claims. A page
+                # view is matched by its path instead, so an unmapped path says which one.
                 rule = next((r for p, r in self._name_patterns if p.search(name)), None)
-            found = (key in self._page_events, rule)
+            found = (is_page, rule)
             if len(self._name_cache) < 100_000:  # bounded: hostile input has endless names
                 self._name_cache[name] = found
             return found

@@ -1688,3 +1688,12 @@ def test_row_without_valid_time_is_skipped(time_value):
         props["time"] = time_value
     result = translate({"event": "Product Viewed", "properties": props})
     assert result.records == [] and result.skipped == "no valid time"
+
+
+def test_unmapped_page_path_names_the_path_not_autocapture():
+    """A page view on a path no rule maps is skipped naming the path, not as autocapture."""
+    row = {
+        "event": "$mp_web_page_view",
+        "properties": {"time": 1718035220, "distinct_id": "u1", "current_url_path": "/pricing"},
+    }
+    assert translate(row).skipped == "no rule for page path '/pricing'"
