@@ -247,7 +247,7 @@ def _replay_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--dry-run",
         action="store_true",
-        help="write the records instead of storing and sending them",
+        help="write the records instead of storing and sending them (no dedup)",
     )
     parser.add_argument(
         "--output",
@@ -300,7 +300,7 @@ def _replay(args: argparse.Namespace) -> int:
         finally:
             if args.output:
                 output.close()
-        for line in summary.lines(dry_run=True, store_stats=None):
+        for line in summary.lines(dry_run=True):
             print(line, file=sys.stderr)
         return 1 if summary.malformed else 0
     if not config.MISO_API_KEY:
@@ -326,10 +326,9 @@ def _replay(args: argparse.Namespace) -> int:
         resume=args.resume,
         forwarder=Forwarder(store, client, settings),
     )
-    stats = store.stats()
-    for line in summary.lines(dry_run=False, store_stats=stats):
+    for line in summary.lines(dry_run=False):
         print(line, file=sys.stderr)
-    return 1 if summary.malformed or stats["spool"] else 0
+    return 1 if summary.malformed or (summary.end_stats or {}).get("spool") else 0
 
 
 def _extras(result: object) -> str:

@@ -47,21 +47,29 @@ class ReplaySummary:
     result: IngestResult = field(default_factory=IngestResult)
     records_out: int = 0  # dry run: records written
     delivered_wait: str = ""  # how the wait for delivery ended
+    start_stats: dict[str, Any] | None = None  # the store before the replay
+    end_stats: dict[str, Any] | None = None  # and after it
 
-    def lines(self, *, dry_run: bool, store_stats: dict[str, Any] | None) -> list[str]:
+    def lines(self, *, dry_run: bool) -> list[str]:
         """The human summary printed at the end."""
         r = self.result
         out = [f"read {self.rows:,} rows from {self.files} file(s); {self.malformed:,} malformed"]
         if self.resumed_rows:
             out.append(f"resumed: {self.resumed_rows:,} rows already done were skipped")
         if dry_run:
-            out.append(f"records written: {self.records_out:,} (dry run: nothing stored or sent)")
+            out.append(
+                f"records written: {self.records_out:,} (dry run: nothing stored, deduplicated "
+                "or sent)"
+            )
         else:
             out.append(f"records accepted: {r.accepted:,}   duplicates: {r.duplicates:,}")
-            if store_stats is not None:
+            if self.start_stats is not None and self.end_stats is not None:
+                # What this run added to the spool and the dead letters, and so what it sent.
+                dead = self.end_stats["dead_letters"] - self.start_stats["dead_letters"]
+                waiting = max(0, self.end_stats["spool"] - self.start_stats["spool"])
+                sent = max(0, r.accepted - dead - waiting)
                 out.append(
-                    f"spool now: {store_stats['spool']:,} waiting   "
-                    f"dead letters: {store_stats['dead_letters']:,}"
+                    f"sent to Miso: {sent:,}   dead letters: {dead:,}   still waiting: {waiting:,}"
                 )
             if self.delivered_wait:
                 out.append(self.delivered_wait)
@@ -82,6 +90,8 @@ def checkpoint_name(path: Path) -> str:
 
 class Progress:
     """A tqdm bar on a terminal (bytes of the file, events, events/s, ETA); plain lines else."""
+
+    interval = 10.0  # seconds between plain progress lines (logs, CI)
 
     def __init__(self, total_bytes: int, label: str, stream: IO[str] = sys.stderr) -> None:
         self.interactive = stream.isatty()
@@ -106,7 +116,7 @@ class Progress:
             self._bar.set_postfix_str(f"{events:,} events, {rate:,.0f}/s", refresh=True)
             return
         now = time.monotonic()
-        if now - self.last_line >= 10:
+        if now - self.last_line >= self.interval:
             self.last_line = now
             done = position / self.total if self.total else 0
             eta = (now - self.started) * (1 - done) / done if done else 0
@@ -148,6 +158,8 @@ def replay_files(
 ) -> ReplaySummary:
     """Replay export files; with ``store`` None it is a dry run writing to ``output``."""
     summary = ReplaySummary()
+    if store is not None:
+        summary.start_stats = store.stats()
     stop = threading.Event()
     sender = None
     if forwarder is not None and store is not None:
@@ -164,6 +176,8 @@ def replay_files(
         stop.set()
         if sender is not None:
             sender.join(timeout=60)
+    if store is not None:
+        summary.end_stats = store.stats()
     return summary
 
 
