@@ -170,15 +170,7 @@ def _translate(args: argparse.Namespace) -> int:
                     counts["errors"] += 1
                     print(f"{place}: error: {problem}", file=err)
                     continue
-                result = translator.translate(message)
-                counts["links"] += len(result.links)
-                counts["deletions"] += len(result.deletions)
-                for record in result.records:
-                    out.write(orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE))
-                counts["records"] += len(result.records)
-                if result.skipped is not None:
-                    counts["skipped"] += 1
-                    print(f"{place}: skipped: {result.skipped}{_extras(result)}", file=err)
+                _emit(translator, message, place, counts, out)
     finally:
         out.flush()
         if stream is not sys.stdin.buffer:
@@ -215,21 +207,15 @@ def _translate_mixpanel(
                 counts["skipped"] += 1
                 print(f"{where}: skipped: {event}", file=sys.stderr)
                 continue
-            result = translator.translate(event)
-            counts["links"] += len(result.links)
-            for record in result.records:
-                out.write(orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE))
-            counts["records"] += len(result.records)
-            if result.skipped is not None:
-                counts["skipped"] += 1
-                print(f"{where}: skipped: {result.skipped}{_extras(result)}", file=sys.stderr)
+            _emit(translator, event, where, counts, out)
     finally:
         out.flush()
         if stream is not sys.stdin.buffer:
             stream.close()
     print(
         f"{counts['inputs']} inputs: {counts['records']} records, {counts['skipped']} skipped, "
-        f"{counts['errors']} errors, {counts['links']} identity links, 0 deletions",
+        f"{counts['errors']} errors, {counts['links']} identity links, "
+        f"{counts['deletions']} deletions",
         file=sys.stderr,
     )
     return 1 if counts["errors"] else 0
@@ -329,6 +315,21 @@ def _replay(args: argparse.Namespace) -> int:
     for line in summary.lines(dry_run=False):
         print(line, file=sys.stderr)
     return 1 if summary.malformed or (summary.end_stats or {}).get("spool") else 0
+
+
+def _emit(
+    translator: Translator, event: dict, where: str, counts: Counter[str], out: IO[bytes]
+) -> None:
+    """Translate one event for `translate`: records to ``out``, a skip line to stderr."""
+    result = translator.translate(event)
+    counts["links"] += len(result.links)
+    counts["deletions"] += len(result.deletions)
+    for record in result.records:
+        out.write(orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE))
+    counts["records"] += len(result.records)
+    if result.skipped is not None:
+        counts["skipped"] += 1
+        print(f"{where}: skipped: {result.skipped}{_extras(result)}", file=sys.stderr)
 
 
 def _extras(result: object) -> str:
