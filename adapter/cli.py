@@ -490,6 +490,36 @@ def _dead_letters(args: argparse.Namespace) -> int:
         return 1
 
 
+def _identity_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("action", choices=["show"])
+    parser.add_argument("id", help="a user id or an anonymous id")
+    parser.add_argument("--json", action="store_true", help="print JSON")
+
+
+def _identity(args: argparse.Namespace) -> int:
+    """`identity show ID`: what an id is linked to, as anonymous id and as user id."""
+    try:
+        links = open_store(Config().ADAPTER_STORE).links_of(args.id)
+    except StoreError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(orjson.dumps({"id": args.id, **links}).decode())
+        return 0
+    user, anonymous = links["user"], links["anonymous"]
+    if user is None and not anonymous:
+        print(f"{args.id}: no links known")
+        return 0
+    if user is not None:
+        print(f"{args.id} is an anonymous id of user {user['user_id']} "
+              f"(linked {_when(user['linked_at'])})")  # fmt: skip
+    if anonymous:
+        print(f"{args.id} is a user with {len(anonymous)} anonymous id(s), most recent first:")
+        for link in anonymous:
+            print(f"  {link['anonymous_id']}  (linked {_when(link['linked_at'])})")
+    return 0
+
+
 _COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[..., int]]] = {
     "translate": (
         "print the Miso records for source events as JSON Lines (sends nothing)",
@@ -511,6 +541,11 @@ _COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Calla
         "replay Mixpanel export files into Miso: replay mixpanel FILE... [options]",
         _replay_args,
         _replay,
+    ),
+    "identity": (
+        "what an id is linked to: identity show ID [--json]",
+        _identity_args,
+        _identity,
     ),
     "dead-letters": (
         "inspect and resend what Miso refused: list | retry [--all | ID...] | purge",

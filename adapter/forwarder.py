@@ -123,8 +123,17 @@ class Forwarder:
     def _send_records(self, batch: list[Claimed]) -> None:
         valid: list[Claimed] = []
         invalid: list[tuple[int, str]] = []
+        parsed: list[tuple[Claimed, dict]] = []
         for item in batch:
-            problem = _invalid(item.body)
+            try:
+                record = orjson.loads(item.body)
+            except orjson.JSONDecodeError as exc:
+                invalid.append((item.id, f"not sent, not JSON: {exc}"))
+                continue
+            parsed.append((item, record))
+        self._complete_ids(parsed)
+        for item, record in parsed:
+            problem = _invalid(record)
             if problem is None:
                 valid.append(item)
             else:
@@ -137,6 +146,28 @@ class Forwarder:
             items = pending.pop()
             outcome = self.client.send([i.body for i in items])  # type: ignore[union-attr]
             pending.extend(self._settle(items, outcome))
+
+    def _complete_ids(self, parsed: list[tuple[Claimed, dict]]) -> None:
+        """Give every record both ids when a link is known (SPEC §5), as it goes out.
+
+        Applied at send time, so records queued before their link was learned still
+        reach Miso with both ids. A record carrying both is left as it is.
+        """
+        anonymous = [
+            r["anonymous_id"] for _, r in parsed if "user_id" not in r and "anonymous_id" in r
+        ]
+        users = [r["user_id"] for _, r in parsed if "anonymous_id" not in r and "user_id" in r]
+        if not anonymous and not users:
+            return
+        user_of, anonymous_of = self.store.resolve(anonymous, users)
+        for item, record in parsed:
+            if "user_id" not in record and record.get("anonymous_id") in user_of:
+                record["user_id"] = user_of[record["anonymous_id"]]
+            elif "anonymous_id" not in record and record.get("user_id") in anonymous_of:
+                record["anonymous_id"] = anonymous_of[record["user_id"]]
+            else:
+                continue
+            item.body = orjson.dumps(record)
 
     def _settle(self, items: list[Claimed], outcome: Outcome) -> list[list[Claimed]]:
         """Act on Miso's answer; return sub-batches that should be sent again now."""
@@ -242,11 +273,11 @@ class Forwarder:
         log.warning("Miso accepts the key again: sending resumed")
 
 
-def _invalid(body: bytes) -> str | None:
-    """Why a spooled record would fail Miso's schema, or None when it is valid."""
-    try:
-        record = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        return f"not JSON: {exc}"
+def _invalid(record: dict) -> str | None:
+    """Why a record must not be sent (Miso's schema, or no id at all), or None."""
     errors = records.record_errors(record)
-    return orjson.dumps(errors).decode() if errors else None
+    if errors:
+        return orjson.dumps(errors).decode()
+    if isinstance(record, dict) and "user_id" not in record and "anonymous_id" not in record:
+        return "no user_id or anonymous_id"
+    return None

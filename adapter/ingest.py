@@ -62,7 +62,7 @@ def ingest(
     """
     result = result if result is not None else IngestResult()
     incoming: list[Incoming] = []
-    counted: list[tuple[int, int]] = []  # records, deletions per incoming item
+    counted: list[tuple[int, int, int]] = []  # records, deletions, links per incoming item
     for key, event in events:
         result.received += 1
         if isinstance(event, str):
@@ -71,22 +71,25 @@ def ingest(
         translation = translator.translate(event)
         if translation.skipped is not None:
             result.skipped[translation.skipped] += 1
-        if translation.records or translation.deletions:
+        if translation.records or translation.deletions or translation.links:
             incoming.append(
                 Incoming(
                     key,
                     [orjson.dumps(r) for r in translation.records],
                     translation.deletions,
                     source,
+                    translation.links,
                 )
             )
-            counted.append((len(translation.records), len(translation.deletions)))
-        result.links += len(translation.links)
+            counted.append(
+                (len(translation.records), len(translation.deletions), len(translation.links))
+            )
     duplicates = store.accept(incoming, dedup_ttl, status) if incoming or status else []
-    for (n_records, n_deletions), duplicate in zip(counted, duplicates, strict=True):
+    for (n_records, n_deletions, n_links), duplicate in zip(counted, duplicates, strict=True):
         if duplicate:
             result.duplicates += 1
         else:
             result.accepted += n_records
             result.deletions += n_deletions
+            result.links += n_links
     return result

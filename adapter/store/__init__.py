@@ -17,6 +17,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from adapter.identity import Link
+
 __all__ = [
     "Claimed",
     "DeadLetter",
@@ -43,6 +45,7 @@ class Incoming:
     records: list[bytes] = field(default_factory=list)  # serialised Miso records
     deletions: list[str] = field(default_factory=list)  # user ids to delete in Miso
     source: str = "segment"
+    links: list[Link] = field(default_factory=list)  # anonymous ↔ user links learned
 
 
 @dataclass
@@ -90,6 +93,14 @@ class Store(Protocol):
         self, kind: str, limit: int, max_bytes: int, lease: float, owner: str
     ) -> list[Claimed]:
         """Lease up to ``limit`` ready items of ``kind`` totalling at most ``max_bytes``."""
+
+    def resolve(
+        self, anonymous_ids: Sequence[str], user_ids: Sequence[str]
+    ) -> tuple[dict[str, str], dict[str, str]]:
+        """Known links: anonymous id → its user, and user → most recently linked anonymous id."""
+
+    def links_of(self, any_id: str) -> dict[str, Any]:
+        """What an id is linked to, both ways (for `identity show`)."""
 
     def ack(self, ids: Sequence[int]) -> None:
         """Delivered: remove from the spool."""

@@ -56,6 +56,12 @@ CREATE TABLE IF NOT EXISTS dedup (
     key TEXT PRIMARY KEY,
     expires_at REAL NOT NULL
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS links (
+    anonymous_id TEXT PRIMARY KEY,      -- one anonymous id belongs to one user (latest wins)
+    user_id TEXT NOT NULL,
+    linked_at REAL NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS links_user ON links (user_id, linked_at);
 CREATE TABLE IF NOT EXISTS status (
     name TEXT PRIMARY KEY,
     value BLOB NOT NULL,
@@ -69,6 +75,12 @@ _SYNCHRONOUS = {"full": "FULL", "normal": "NORMAL", "extra": "EXTRA"}
 _CHECKPOINT_EVERY = 200
 
 log = logging.getLogger("adapter.store")
+
+
+def _parts(items: list[str], size: int = 500) -> Iterator[list[str]]:
+    """Chunks small enough for SQLite's bound-parameter limit."""
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
 
 
 class SqliteStore:
@@ -216,18 +228,92 @@ class SqliteStore:
                 duplicates.append(False)
                 for body in item.records:
                     rows.append(("record", body, len(body), item.source, now, now))
+                if item.links:
+                    db.executemany(
+                        "INSERT INTO links (anonymous_id, user_id, linked_at) VALUES (?, ?, ?) "
+                        "ON CONFLICT (anonymous_id) DO UPDATE SET user_id = excluded.user_id, "
+                        "linked_at = excluded.linked_at",
+                        [(link.anonymous_id, link.user_id, now) for link in item.links],
+                    )
                 if item.deletions:
+                    # Records before the deletion notice go in first, so it can drop them.
+                    self._insert_spool(db, rows)
+                    rows = []
+                    for user_id in item.deletions:
+                        self._forget(db, user_id)
                     body = orjson.dumps({"user_ids": item.deletions})
                     rows.append(("delete", body, len(body), item.source, now, now))
-            if rows:
-                db.executemany(
-                    "INSERT INTO spool (kind, body, size, source, created_at, ready_at) "
-                    "VALUES (?, ?, ?, ?, ?, ?)",
-                    rows,
-                )
+            self._insert_spool(db, rows)
             if status is not None:
                 self._put_status(db, *status)
         return duplicates
+
+    @staticmethod
+    def _insert_spool(db: sqlite3.Connection, rows: list[tuple]) -> None:
+        if rows:
+            db.executemany(
+                "INSERT INTO spool (kind, body, size, source, created_at, ready_at) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+
+    @staticmethod
+    def _forget(db: sqlite3.Connection, user_id: str) -> None:
+        """A deletion notice: drop the user's queued records, dead letters and links.
+
+        Records of the user's anonymous ids go too: once sent they would be joined to
+        the user. A record already leased to a forwarder is in flight and is not recalled;
+        Miso's deletion, queued after it, removes it.
+        """
+        mine = (
+            "(json_extract(body, '$.user_id') = ?1 OR json_extract(body, '$.anonymous_id') IN "
+            "(SELECT anonymous_id FROM links WHERE user_id = ?1))"
+        )
+        db.execute(f"DELETE FROM spool WHERE kind = 'record' AND owner IS NULL AND {mine}",
+                   (user_id,))  # fmt: skip
+        db.execute(f"DELETE FROM dead_letters WHERE kind = 'record' AND {mine}", (user_id,))
+        db.execute("DELETE FROM links WHERE user_id = ?", (user_id,))
+
+    # ------------------------------------------------------------------ identity
+
+    def resolve(
+        self, anonymous_ids: Sequence[str], user_ids: Sequence[str]
+    ) -> tuple[dict[str, str], dict[str, str]]:
+        """anonymous → user, and user → the anonymous id linked most recently."""
+        users: dict[str, str] = {}
+        anonymous: dict[str, str] = {}
+        for part in _parts(sorted(set(anonymous_ids))):
+            marks = ",".join("?" * len(part))
+            rows = self._read(
+                f"SELECT anonymous_id, user_id FROM links WHERE anonymous_id IN ({marks})", part
+            )
+            users.update(rows)
+        for part in _parts(sorted(set(user_ids))):
+            marks = ",".join("?" * len(part))
+            # Ascending time: the dict keeps the last, i.e. most recent, per user.
+            rows = self._read(
+                f"SELECT user_id, anonymous_id FROM links WHERE user_id IN ({marks}) "
+                "ORDER BY linked_at",
+                part,
+            )
+            anonymous.update(rows)
+        return users, anonymous
+
+    def links_of(self, any_id: str) -> dict[str, Any]:
+        """The user an id belongs to (as anonymous), and the anonymous ids of an id (as user)."""
+        as_anonymous = self._read(
+            "SELECT user_id, linked_at FROM links WHERE anonymous_id = ?", (any_id,)
+        )
+        as_user = self._read(
+            "SELECT anonymous_id, linked_at FROM links WHERE user_id = ? ORDER BY linked_at DESC",
+            (any_id,),
+        )
+        return {
+            "user": {"user_id": as_anonymous[0][0], "linked_at": as_anonymous[0][1]}
+            if as_anonymous
+            else None,
+            "anonymous": [{"anonymous_id": a, "linked_at": t} for a, t in as_user],
+        }
 
     # ------------------------------------------------------------------ forwarding
 

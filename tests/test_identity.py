@@ -1,0 +1,127 @@
+"""Identity links: stored with the records that reveal them, applied as records go out."""
+
+from __future__ import annotations
+
+import time
+
+import orjson
+import pytest
+
+from adapter import cli
+from adapter.forwarder import Forwarder, ForwarderSettings
+from adapter.identity import Link
+from adapter.miso import MisoClient
+from adapter.store import Incoming
+from adapter.store.sqlite import SqliteStore
+from adapter.testing import FakeMiso
+
+DAY = 86400.0
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch):
+    path = tmp_path / "identity.db"
+    monkeypatch.setenv("ADAPTER_STORE", f"sqlite:///{path}")
+    s = SqliteStore(path)
+    yield s
+    s.close()
+
+
+def like(**ids) -> bytes:
+    return orjson.dumps({"type": "like", "product_ids": ["p"], **ids})
+
+
+def learn(store, *links: Link, key=None) -> None:
+    store.accept([Incoming(key, links=list(links))], DAY)
+
+
+def test_resolve_both_ways(store):
+    """anonymous → user; user → the anonymous id linked most recently."""
+    learn(store, Link("a1", "u1"))
+    time.sleep(0.01)
+    learn(store, Link("a2", "u1"), Link("a3", "u3"))
+    assert store.resolve(["a1", "a3", "nope"], ["u1", "u3", "u9"]) == (
+        {"a1": "u1", "a3": "u3"},
+        {"u1": "a2", "u3": "a3"},
+    )
+
+
+def test_relink_moves_an_anonymous_id(store):
+    """A device later identified as another user belongs to that user (latest wins)."""
+    learn(store, Link("shared", "u1"))
+    learn(store, Link("shared", "u2"))
+    assert store.resolve(["shared"], []) == ({"shared": "u2"}, {})
+
+
+def test_duplicate_message_teaches_nothing_twice(store):
+    """Links ride on the message's dedup key like its records."""
+    learn(store, Link("a1", "u1"), key="segment:m1")
+    learn(store, Link("a1", "u2"), key="segment:m1")
+    assert store.resolve(["a1"], [])[0] == {"a1": "u1"}
+
+
+def test_deletion_forgets_the_user(store):
+    """A deletion drops the user's queued records, those of their devices, and their links."""
+    learn(store, Link("a1", "u1"))
+    store.accept(
+        [
+            Incoming(None, [like(user_id="u1"), like(anonymous_id="a1"), like(user_id="u2")]),
+            Incoming(None, deletions=["u1"], links=[]),
+        ],
+        DAY,
+    )
+    queued = [orjson.loads(c.body) for c in store.claim("record", 100, 1 << 20, 30, "t")]
+    assert queued == [orjson.loads(like(user_id="u2"))]
+    assert store.resolve(["a1"], ["u1"]) == ({}, {})
+    [deletion] = store.claim("delete", 10, 1 << 20, 30, "t")
+    assert orjson.loads(deletion.body) == {"user_ids": ["u1"]}
+
+
+def test_links_of(store):
+    """links_of tells what an id is linked to, as anonymous id and as user."""
+    learn(store, Link("a1", "u1"))
+    assert store.links_of("a1")["user"]["user_id"] == "u1"
+    assert [x["anonymous_id"] for x in store.links_of("u1")["anonymous"]] == ["a1"]
+    assert store.links_of("zzz") == {"user": None, "anonymous": []}
+
+
+def test_forwarder_completes_ids_at_send_time(store):
+    """Records queued before their link was learned still reach Miso with both ids."""
+    store.accept(
+        [Incoming(None, [like(anonymous_id="a1"), like(user_id="u1"), like(user_id="u1",
+                                                                            anonymous_id="x")])],
+        DAY,
+    )  # fmt: skip
+    learn(store, Link("a1", "u1"))
+    with FakeMiso(api_key="k") as miso:
+        fwd = Forwarder(store, MisoClient(miso.url, "k"), ForwarderSettings())
+        fwd.step()
+        assert miso.records == [
+            {"type": "like", "product_ids": ["p"], "anonymous_id": "a1", "user_id": "u1"},
+            {"type": "like", "product_ids": ["p"], "user_id": "u1", "anonymous_id": "a1"},
+            {"type": "like", "product_ids": ["p"], "user_id": "u1", "anonymous_id": "x"},
+        ]
+
+
+def test_record_without_ids_is_never_sent(store):
+    """A spooled record with neither id is dead-lettered with that reason, not sent."""
+    store.accept([Incoming(None, [orjson.dumps({"type": "like"})])], DAY)
+    with FakeMiso(api_key="k") as miso:
+        Forwarder(store, MisoClient(miso.url, "k"), ForwarderSettings()).step()
+        assert miso.records == []
+    [dead] = store.dead_letters()
+    assert dead.reason == "not sent, invalid for Miso: no user_id or anonymous_id"
+
+
+def test_identity_show_command(store, capsys):
+    """`identity show ID` prints what the id is linked to, both ways."""
+    learn(store, Link("a1", "u1"), Link("a2", "u1"))
+    assert cli.main(["identity", "show", "u1"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("u1 is a user with 2 anonymous id(s), most recent first:")
+    assert cli.main(["identity", "show", "a1"]) == 0
+    assert capsys.readouterr().out.startswith("a1 is an anonymous id of user u1 (linked ")
+    assert cli.main(["identity", "show", "nobody"]) == 0
+    assert capsys.readouterr().out == "nobody: no links known\n"
+    assert cli.main(["identity", "show", "a2", "--json"]) == 0
+    assert orjson.loads(capsys.readouterr().out)["user"]["user_id"] == "u1"
