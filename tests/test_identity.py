@@ -125,3 +125,24 @@ def test_identity_show_command(store, capsys):
     assert capsys.readouterr().out == "nobody: no links known\n"
     assert cli.main(["identity", "show", "a2", "--json"]) == 0
     assert orjson.loads(capsys.readouterr().out)["user"]["user_id"] == "u1"
+
+
+def test_deletion_during_a_send_is_never_overtaken(store):
+    """A deleted user's record in flight is never retried, and Miso's deletion waits for it."""
+    store.accept([Incoming(None, [like(user_id="u1")])], DAY)
+    [in_flight] = store.claim("record", 10, 1 << 20, lease=30, owner="fwd")
+    store.accept([Incoming("segment:del", deletions=["u1"])], DAY)
+    assert store.claim("delete", 10, 1 << 20, 30, "fwd") == []  # the send has not settled
+    store.retry_later([in_flight.id], delay=0, error="503")  # the send failed
+    assert store.claim("record", 10, 1 << 20, 30, "fwd") == []  # ... and is not retried
+    [deletion] = store.claim("delete", 10, 1 << 20, 30, "fwd")
+    assert orjson.loads(deletion.body) == {"user_ids": ["u1"]}
+
+
+def test_cancelled_send_of_a_dead_forwarder_does_not_block_deletion(store):
+    """If the sender died (lease expired), the deletion goes ahead."""
+    store.accept([Incoming(None, [like(user_id="u1")])], DAY)
+    store.claim("record", 10, 1 << 20, lease=0.05, owner="dies")
+    store.accept([Incoming("segment:del", deletions=["u1"])], DAY)
+    time.sleep(0.1)
+    assert len(store.claim("delete", 10, 1 << 20, 30, "fwd")) == 1

@@ -261,16 +261,22 @@ class SqliteStore:
     def _forget(db: sqlite3.Connection, user_id: str) -> None:
         """A deletion notice: drop the user's queued records, dead letters and links.
 
-        Records of the user's anonymous ids go too: once sent they would be joined to
-        the user. A record already leased to a forwarder is in flight and is not recalled;
-        Miso's deletion, queued after it, removes it.
+        Records of the user's anonymous ids go too: once sent they would be joined to the
+        user. A record being sent right now cannot be recalled: it is marked 'cancelled',
+        so a failed send is never retried, and Miso's deletion waits until no cancelled
+        send is in flight (see claim), so it always lands after such a record.
         """
         mine = (
             "(json_extract(body, '$.user_id') = ?1 OR json_extract(body, '$.anonymous_id') IN "
             "(SELECT anonymous_id FROM links WHERE user_id = ?1))"
         )
-        db.execute(f"DELETE FROM spool WHERE kind = 'record' AND owner IS NULL AND {mine}",
-                   (user_id,))  # fmt: skip
+        now = time.time()
+        db.execute(
+            f"UPDATE spool SET kind = 'cancelled' WHERE kind = 'record' AND owner IS NOT NULL "
+            f"AND ready_at > ?2 AND {mine}",
+            (user_id, now),
+        )
+        db.execute(f"DELETE FROM spool WHERE kind = 'record' AND {mine}", (user_id,))
         db.execute(f"DELETE FROM dead_letters WHERE kind = 'record' AND {mine}", (user_id,))
         db.execute("DELETE FROM links WHERE user_id = ?", (user_id,))
 
@@ -323,6 +329,14 @@ class SqliteStore:
         """Lease the oldest ready items; the first always fits, however large."""
         now = time.time()
         with self._write() as db:
+            if kind == "delete":
+                # Cancelled sends whose lease ran out will never settle (their sender died).
+                db.execute("DELETE FROM spool WHERE kind = 'cancelled' AND ready_at <= ?", (now,))
+                in_flight = db.execute(
+                    "SELECT 1 FROM spool WHERE kind = 'cancelled' LIMIT 1"
+                ).fetchone()
+                if in_flight:
+                    return []  # a deleted user's record is still being sent: wait for it
             rows = db.execute(
                 "WITH ready AS ("
                 "  SELECT id, SUM(size + 1) OVER (ORDER BY id) AS running FROM spool"
@@ -345,7 +359,8 @@ class SqliteStore:
     def retry_later(self, ids: Sequence[int], delay: float, error: str) -> None:
         """Back on the spool after ``delay`` seconds, remembering the last error."""
         ready = time.time() + delay
-        self._many(
+        self._settle_unsent(
+            ids,
             "UPDATE spool SET ready_at = ?, owner = NULL, last_error = ? WHERE id = ?",
             [(ready, error, i) for i in ids],
         )
@@ -353,11 +368,21 @@ class SqliteStore:
     def release(self, ids: Sequence[int]) -> None:
         """Unsent: ready now, and this attempt does not count."""
         now = time.time()
-        self._many(
+        self._settle_unsent(
+            ids,
             "UPDATE spool SET ready_at = ?, owner = NULL, attempts = MAX(attempts - 1, 0) "
             "WHERE id = ?",
             [(now, i) for i in ids],
         )
+
+    def _settle_unsent(self, ids: Sequence[int], sql: str, rows: list[tuple]) -> None:
+        """Items not delivered go back on the spool, except cancelled ones (user deleted)."""
+        if not ids:
+            return
+        with self._write() as db:
+            db.executemany("DELETE FROM spool WHERE id = ? AND kind = 'cancelled'",
+                           [(i,) for i in ids])  # fmt: skip
+            db.executemany(sql, rows)
 
     def dead_letter(self, items: Sequence[tuple[int, str]]) -> None:
         """Move items to the dead letters, each with its reason, in one transaction."""
@@ -366,6 +391,7 @@ class SqliteStore:
         now = time.time()
         with self._write() as db:
             for spool_id, reason in items:
+                db.execute("DELETE FROM spool WHERE id = ? AND kind = 'cancelled'", (spool_id,))
                 db.execute(
                     "INSERT INTO dead_letters "
                     "(kind, body, source, reason, attempts, created_at, dead_at) "
