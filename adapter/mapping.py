@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from marshmallow import RAISE, Schema, ValidationError, validate, validates_schema
 from marshmallow import fields as mf
@@ -32,6 +32,7 @@ from adapter._yaml import Located, YamlError, load_located, show_path
 from adapter.identity import Link
 
 __all__ = [
+    "Explanation",
     "MappingError",
     "Problem",
     "Translation",
@@ -74,6 +75,15 @@ class Translation:
             f"Translation(records={self.records!r}, links={self.links!r}, "
             f"deletions={self.deletions!r}, skipped={self.skipped!r})"
         )
+
+
+class Explanation(NamedTuple):
+    """How a table treats an event: see :meth:`Translator.explain`."""
+
+    key: str
+    outcome: str  # "mapped", "skipped" or "uncovered"
+    detail: str
+    type: str | None
 
 
 @dataclass(frozen=True)
@@ -892,9 +902,29 @@ class Translator:
                 self._name_cache[name] = found
             return found
 
-    def translate(self, event: dict) -> Translation:
-        """Translate one source event (a JSON object) into Miso records, links and deletions."""
+    def explain(self, event: dict) -> Explanation:
+        """Which rule an event meets, without building anything (for coverage reports).
+
+        ``key`` is what was matched: the event name, ``page <path>`` for a page view, or
+        the call type. ``outcome`` is ``mapped`` (``detail`` = the Miso type), ``skipped``
+        (a skip rule: ``detail`` = its reason) or ``uncovered`` (``detail`` = why).
+        """
         env: dict[str, Any] = {}
+        rule, name, call, page = self._match(event, env)
+        if page is not _NOTHING and page is not None and (rule is None or rule.patterns):
+            key = f"page {page}"
+        else:
+            key = name if name is not None else call or ""
+        if rule is None:
+            return Explanation(key, "uncovered", _unmatched_reason(name, call, page), None)
+        if rule is self._unmatched:
+            return Explanation(key, "uncovered", f"sent as {rule.type} (unmatched)", rule.type)
+        if rule.skip is not None:
+            return Explanation(key, "skipped", rule.skip, None)
+        return Explanation(key, "mapped", rule.type or "", rule.type)
+
+    def _match(self, event: dict, env: dict) -> tuple[_Rule | None, str | None, str | None, Any]:
+        """(rule, event name, call type, page path or _NOTHING) for an event."""
         name = self._event_name(event, env)
         call = self._call_type(event, env) if self._call_type is not None else None
         call_key = call.casefold() if call is not None else None
@@ -917,6 +947,12 @@ class Translator:
             rule = self._call_rules.get(call_key)
         if rule is None and (name is not None or call is not None):
             rule = self._unmatched
+        return rule, name, call, page
+
+    def translate(self, event: dict) -> Translation:
+        """Translate one source event (a JSON object) into Miso records, links and deletions."""
+        env: dict[str, Any] = {}
+        rule, name, call, page = self._match(event, env)
         links = self._learn(self._links, event, env)
         if rule is None:
             return Translation([], links, [], _unmatched_reason(name, call, page))
