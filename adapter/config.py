@@ -29,6 +29,8 @@ class Config:
     def __init__(self) -> None:
         env = os.environ.get
         self.MAPPINGS_DIR = str(mappings_dir())
+        # How often each worker looks for edited mapping files (0: never).
+        self.MAPPINGS_RELOAD_SECONDS = float(env("ADAPTER_RELOAD_SECONDS", "2"))
         self.ADAPTER_STORE = env("ADAPTER_STORE", "sqlite:///var/adapter.db")
         self.MISO_API_URL = env("MISO_API_URL", "https://api.askmiso.com")
         self.MISO_API_KEY = env("MISO_API_KEY") or None

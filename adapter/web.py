@@ -33,6 +33,7 @@ from adapter.ingest import ingest
 from adapter.mapping import Translator, load_mapping
 from adapter.miso import key_id
 from adapter.mixpanel import Normalizer, iter_rows
+from adapter.reload import MappingWatcher
 from adapter.replay import ReplaySummary, chunks
 from adapter.store import Store, StoreError, open_store
 
@@ -352,6 +353,13 @@ def readyz():
     translators = current_app.extensions["miso-adapter.translators"]
     checks["mappings"] = ", ".join(sorted(translators)) or "none loaded"
     ready = ready and bool(translators)
+    rejected = current_app.extensions["miso-adapter.mapping-rejections"]
+    if rejected:
+        # Still ready: the last good tables serve. Failing readiness would take every
+        # instance with the same bad file out of the load balancer at once.
+        checks["mappings"] += "; REJECTED edits, serving the last good version: " + "; ".join(
+            problem for name in sorted(rejected) for problem in rejected[name]
+        )
     if not current_app.config["MISO_API_KEY"]:
         ready, checks["miso"] = False, "MISO_API_KEY is not set: events are kept, nothing is sent"
     else:
@@ -401,9 +409,13 @@ def _warn_open(app: Flask) -> None:
 def init_app(app: Flask) -> None:
     """Compile the mapping tables, open the store, register routes and the error handler."""
     folder = Path(app.config["MAPPINGS_DIR"])
-    app.extensions["miso-adapter.translators"] = {
-        path.stem: load_mapping(path) for path in sorted(folder.glob("*.yaml"))
-    }
+    translators = {path.stem: load_mapping(path) for path in sorted(folder.glob("*.yaml"))}
+    rejections: dict[str, list[str]] = {}
+    app.extensions["miso-adapter.translators"] = translators
+    app.extensions["miso-adapter.mapping-rejections"] = rejections
+    if app.config["MAPPINGS_RELOAD_SECONDS"] > 0:
+        MappingWatcher(folder, translators, rejections,
+                       app.config["MAPPINGS_RELOAD_SECONDS"]).start()  # fmt: skip
     app.extensions["miso-adapter.store"] = open_store(app.config["ADAPTER_STORE"])
     app.register_blueprint(bp)
     app.register_error_handler(HTTPException, _http_error)

@@ -40,6 +40,8 @@ def _isolated_environment(monkeypatch, tmp_path):
     ):  # fmt: skip
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("ADAPTER_STORE", f"sqlite:///{tmp_path}/adapter.db")
+    # Apps made in tests do not watch their mapping folder unless a test asks for it.
+    monkeypatch.setenv("ADAPTER_RELOAD_SECONDS", "0")
 
 
 @pytest.fixture(autouse=True)
