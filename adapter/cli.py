@@ -116,8 +116,48 @@ def _instant(text: str | None, *, end_of_day: bool) -> datetime | None:
 
 
 def _mappings_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("action", choices=["check"], help="check: validate every *.yaml")
+    parser.add_argument(
+        "action",
+        choices=["check", "test", "coverage"],
+        help="check: validate every *.yaml; test: run DIR/tests/*.yaml; "
+        "coverage SOURCE FILE: which events of a file the table maps",
+    )
+    parser.add_argument("source", nargs="?", choices=SOURCES, help="coverage: segment|mixpanel")
+    parser.add_argument("file", nargs="?", type=Path, help="coverage: the events file")
     parser.add_argument("--dir", metavar="DIR", help="mapping folder (default: MAPPINGS_DIR)")
+    parser.add_argument("--format", choices=["text", "json"], default="text",
+                        help="coverage: output format")  # fmt: skip
+
+
+def _mappings(args: argparse.Namespace) -> int:
+    if args.action == "check":
+        return _mappings_check(args)
+    if args.action == "test":
+        from adapter.mapping_tests import render, run_mapping_tests
+
+        if args.source or args.file:
+            print("error: mappings test takes no SOURCE or FILE (use --dir)", file=sys.stderr)
+            return 2
+        report = run_mapping_tests(mappings_dir(args.dir))
+        print(render(report))
+        return 0 if report.ok else 1
+    from adapter.coverage import coverage, render_json, render_text
+
+    if args.source is None or args.file is None:
+        print("error: usage: miso-adapter mappings coverage SOURCE FILE", file=sys.stderr)
+        return 2
+    if not args.file.is_file():
+        print(f"error: no such file: {args.file}", file=sys.stderr)
+        return 1
+    translator = _load(args.source, mappings_dir(args.dir))
+    if translator is None:
+        return 1
+    report = coverage(args.source, args.file, translator)
+    if args.format == "json":
+        print(orjson.dumps(render_json(report), option=orjson.OPT_INDENT_2).decode())
+    else:
+        print(render_text(report))
+    return 0
 
 
 def _load(source: str, folder: Path) -> Translator | None:
@@ -527,9 +567,9 @@ _COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Calla
         _translate,
     ),
     "mappings": (
-        "check mapping tables: mappings check [--dir DIR]",
+        "mapping tables: mappings check | test | coverage SOURCE FILE  [--dir DIR]",
         _mappings_args,
-        _mappings_check,
+        _mappings,
     ),
     "serve": (
         "run the web service (gunicorn) and the forwarder",
