@@ -199,8 +199,8 @@ def _run_file(
                         filename,
                         located.line_of(path_),
                         show_path(path_),
-                        f"options are Normalizer options, for Mixpanel tables only "
-                        f"('{name}' is a {table.source} table)",
+                        "options are Normalizer options, for Mixpanel tables only "
+                        f"(table '{name}' is not one)",
                     )
                 )
             )
@@ -223,10 +223,14 @@ def _load_case_file(path: Path, filename: str) -> tuple[dict, Located] | list[st
     if not isinstance(located.data, dict):
         message = "a mapping-tests file is a YAML mapping with 'table' and 'cases'"
         return [str(Problem(filename, 1, "-", message))]
-    errors = list(_flatten(_schema_errors(located.data)))
+    try:
+        data = _CaseFileSchema().load(located.data)
+        errors: list[tuple[KeyPath, str]] = []
+    except ValidationError as exc:
+        errors = list(_flatten(exc.normalized_messages()))
     seen = {key for key, _ in errors}
     errors += [
-        (key, f"YAML reads {value} as a date, not text; quote it: '{value}'")
+        (key, f"YAML reads this unquoted value as a date ({value}), not as text: quote it")
         for key, value in _dates(located.data)
         if key not in seen
     ]
@@ -236,15 +240,7 @@ def _load_case_file(path: Path, filename: str) -> tuple[dict, Located] | list[st
     ]
     if problems:
         return [str(p) for p in sorted(problems, key=lambda p: p.line)]
-    return _CaseFileSchema().load(located.data), located
-
-
-def _schema_errors(data: dict) -> Any:
-    try:
-        _CaseFileSchema().load(data)
-    except ValidationError as exc:
-        return exc.normalized_messages()
-    return {}
+    return data, located
 
 
 def _flatten(messages: Any, path: KeyPath = ()) -> Iterator[tuple[KeyPath, str]]:

@@ -1697,3 +1697,13 @@ def test_unmapped_page_path_names_the_path_not_autocapture():
         "properties": {"time": 1718035220, "distinct_id": "u1", "current_url_path": "/pricing"},
     }
     assert translate(row).skipped == "no rule for page path '/pricing'"
+
+
+def test_an_event_level_id_is_not_a_product_id():
+    """A Purchase's own `id` (an order id) never becomes a product id."""
+    row = {
+        "event": "Purchase",
+        "properties": {"time": 1718035220, "distinct_id": "u1", "id": "order-7731", "amount": 12},
+    }
+    [record] = translate(row).records
+    assert "product_ids" not in record and record["revenue"] == 12
