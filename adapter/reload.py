@@ -11,18 +11,21 @@ edit until the file is fixed.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
 from pathlib import Path
 
-from adapter.mapping import MappingError, Translator, load_mapping
+from adapter.mapping import MappingError, Translator, load_mapping_text
+from adapter.store import Store, StoreError
 
 __all__ = ["MappingWatcher"]
 
 log = logging.getLogger("adapter.reload")
 
 Signature = tuple[int, int, int]
+_SHARED = "mapping:"  # store status holding the last accepted text of a table
 
 
 def _signature(path: Path) -> Signature | None:
@@ -42,8 +45,10 @@ class MappingWatcher:
         translators: dict[str, Translator],
         rejections: dict[str, list[str]],
         interval: float = 2.0,
+        store: Store | None = None,
     ) -> None:
         self.folder = folder
+        self.store = store
         self.translators = translators
         self.rejections = rejections
         self.interval = interval
@@ -52,6 +57,11 @@ class MappingWatcher:
         }
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        # The tables this worker started with are the current "last good" ones.
+        for path in self._files():
+            if path.stem in translators:
+                with contextlib.suppress(OSError, UnicodeDecodeError):
+                    self._publish(path.stem, path.read_text(encoding="utf-8"))
 
     def _files(self) -> list[Path]:
         return sorted(self.folder.glob("*.yaml"))
@@ -89,14 +99,48 @@ class MappingWatcher:
     def _reload(self, path: Path) -> None:
         name = path.stem
         try:
-            translator = load_mapping(path)
-        except MappingError as exc:
-            problems = [str(p) for p in exc.problems]
-            self.rejections[name] = problems
-            for problem in problems:
-                log.error("rejected edit of %s, the last good version stays live: %s",
-                          path, problem)  # fmt: skip
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            text, problems = None, [f"{path}:1: -: cannot read the file: {exc}"]
+        if text is not None:
+            try:
+                translator = load_mapping_text(text, str(path))
+            except MappingError as exc:
+                problems = [str(p) for p in exc.problems]
+            else:
+                self.translators[name] = translator  # one assignment: old or new, never a mix
+                self.rejections.pop(name, None)
+                self._publish(name, text)
+                log.info("reloaded %s: %d rules", path, translator.rule_count)
+                return
+        self.rejections[name] = problems
+        for problem in problems:
+            log.error("rejected edit of %s, the last good version stays live: %s", path, problem)
+        self._adopt_shared(name, path)
+
+    def _publish(self, name: str, text: str) -> None:
+        """Share an accepted version, so every worker's "last good" is the same one."""
+        if self.store is not None:
+            try:
+                self.store.set_status(f"{_SHARED}{name}", {"text": text})
+            except StoreError as exc:
+                log.warning("could not share the accepted %s: %s", name, exc)
+
+    def _adopt_shared(self, name: str, path: Path) -> None:
+        """After refusing an edit, serve the last version any worker accepted.
+
+        A worker that missed a good edit (two saves within one interval) would otherwise
+        keep an older table than its siblings.
+        """
+        if self.store is None:
             return
-        self.translators[name] = translator  # one assignment: requests see old or new
-        self.rejections.pop(name, None)
-        log.info("reloaded %s: %d rules", path, translator.rule_count)
+        try:
+            shared = self.store.get_status(f"{_SHARED}{name}")
+        except StoreError:
+            return
+        if shared is None:
+            return
+        try:
+            self.translators[name] = load_mapping_text(shared["text"], str(path))
+        except MappingError:  # pragma: no cover - it compiled when it was shared
+            return

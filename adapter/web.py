@@ -27,7 +27,7 @@ import orjson
 from flask import Blueprint, Flask, Response, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from adapter import segment
+from adapter import api, segment
 from adapter.forwarder import MISO_STATUS
 from adapter.ingest import ingest
 from adapter.mapping import Translator, load_mapping
@@ -42,6 +42,14 @@ __all__ = ["init_app"]
 log = logging.getLogger("adapter.web")
 
 bp = Blueprint("adapter", __name__)
+
+# Answers are dumped through the schemas the OpenAPI document is generated from.
+_INGEST = api.IngestSchema()
+_MIXPANEL = api.MixpanelIngestSchema()
+_SUCCESS = api.SuccessSchema()
+_ERROR = api.ErrorSchema()
+_READY = api.ReadySchema()
+_HEALTH = api.HealthSchema()
 
 _TRACKING_CALLS = ("track", "page", "screen", "identify", "alias", "group")
 # analytics.js's short paths for the same calls.
@@ -156,7 +164,7 @@ def segment_webhook():
     if len(messages) == 1 and messages[0][1] is None:
         raise ApiError(400, messages[0][2] or "not a Segment message")
     result = _ingest_segment(messages)
-    return jsonify(result.as_dict())
+    return jsonify(_INGEST.dump(result.as_dict()))
 
 
 def _write_key(body: Any) -> str | None:
@@ -192,7 +200,7 @@ def _tracking(call: str | None):
         # The route names the call, as in Segment's API (a body's own `type` does not win).
         messages = [("", {**body, "type": call}, None)]
     _ingest_segment(messages)
-    return jsonify(success=True)
+    return jsonify(_SUCCESS.dump({"success": True}))
 
 
 @bp.post("/v1/<call>")
@@ -254,7 +262,7 @@ def _mixpanel_normalizer() -> Normalizer:
             since=_query_instant("since", end_of_day=False),
             until=_query_instant("until", end_of_day=True),
         )
-    except (ValueError, ZoneInfoNotFoundError) as exc:
+    except (ValueError, OverflowError, ZoneInfoNotFoundError) as exc:
         raise ApiError(400, f"bad query parameter: {exc}") from None
 
 
@@ -314,7 +322,8 @@ def mixpanel_export():
         raise ApiError(400, f"no readable Mixpanel rows: {errors[0]}")
     if not summary.rows:
         raise ApiError(400, "empty body: expected Mixpanel export rows")
-    return jsonify(**summary.result.as_dict(), malformed=summary.malformed, errors=errors)
+    counts = {**summary.result.as_dict(), "malformed": summary.malformed, "errors": errors}
+    return jsonify(_MIXPANEL.dump(counts))
 
 
 @bp.after_request
@@ -337,7 +346,7 @@ def _cors(response: Response) -> Response:
 @bp.get("/healthz")
 def healthz():
     """Process alive."""
-    return jsonify(status="ok")
+    return jsonify(_HEALTH.dump({"status": "ok"}))
 
 
 @bp.get("/readyz")
@@ -372,9 +381,15 @@ def readyz():
             ready, checks["miso"] = False, status["reason"]
         else:
             checks["miso"] = "ok"
-    response = jsonify(ready=ready, checks=checks)
+    response = jsonify(_READY.dump({"ready": ready, "checks": checks}))
     response.status_code = 200 if ready else 503
     return response
+
+
+@bp.get("/openapi.json")
+def openapi_document():
+    """The OpenAPI 3 document of these routes (also in docs/openapi.json)."""
+    return jsonify(current_app.extensions["miso-adapter.openapi"])
 
 
 # --------------------------------------------------------------------------- app wiring
@@ -382,7 +397,7 @@ def readyz():
 
 def _http_error(exc: HTTPException):
     """Every HTTP error has one JSON shape: {"error": what went wrong, "status": code}."""
-    response = jsonify(error=exc.description, status=exc.code)
+    response = jsonify(_ERROR.dump({"error": exc.description, "status": exc.code}))
     response.status_code = exc.code or 500
     return response
 
@@ -390,7 +405,7 @@ def _http_error(exc: HTTPException):
 def _unexpected(exc: Exception):
     """A bug must not leak a traceback (or a secret inside one) to the client."""
     log.exception("unexpected error on %s %s", request.method, request.path)
-    response = jsonify(error="internal error", status=500)
+    response = jsonify(_ERROR.dump({"error": "internal error", "status": 500}))
     response.status_code = 500
     return response
 
@@ -408,15 +423,16 @@ def _warn_open(app: Flask) -> None:
 
 def init_app(app: Flask) -> None:
     """Compile the mapping tables, open the store, register routes and the error handler."""
+    app.extensions["miso-adapter.store"] = open_store(app.config["ADAPTER_STORE"])
     folder = Path(app.config["MAPPINGS_DIR"])
     translators = {path.stem: load_mapping(path) for path in sorted(folder.glob("*.yaml"))}
     rejections: dict[str, list[str]] = {}
     app.extensions["miso-adapter.translators"] = translators
     app.extensions["miso-adapter.mapping-rejections"] = rejections
     if app.config["MAPPINGS_RELOAD_SECONDS"] > 0:
-        MappingWatcher(folder, translators, rejections,
-                       app.config["MAPPINGS_RELOAD_SECONDS"]).start()  # fmt: skip
-    app.extensions["miso-adapter.store"] = open_store(app.config["ADAPTER_STORE"])
+        MappingWatcher(folder, translators, rejections, app.config["MAPPINGS_RELOAD_SECONDS"],
+                       store=app.extensions["miso-adapter.store"]).start()  # fmt: skip
+    app.extensions["miso-adapter.openapi"] = api.openapi()
     app.register_blueprint(bp)
     app.register_error_handler(HTTPException, _http_error)
     app.register_error_handler(Exception, _unexpected)

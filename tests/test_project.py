@@ -59,7 +59,7 @@ def test_serve_defaults_start_on_the_embedded_store(tmp_path):
             try:
                 ready = requests.get(f"http://127.0.0.1:{port}/readyz", timeout=1)
                 break
-            except requests.ConnectionError:
+            except requests.RequestException:
                 assert time.monotonic() < deadline and process.poll() is None
                 time.sleep(0.1)
         assert ready.status_code == 503

@@ -127,11 +127,41 @@ def test_running_service_picks_up_edits(tmp_path, folder):
                 assert time.monotonic() < deadline, service.tail()
                 time.sleep(0.3)
             assert f"{path}:" in ready.json()["checks"]["mappings"]
-            before = len([r for r in miso.records if r["type"] == "subscribe"])
-            service.post("/segment", {**NEWSLETTER, "messageId": "after-bad-edit"})
-            miso.wait_for(len(miso.records) + 1, timeout=10)
-            assert len([r for r in miso.records if r["type"] == "subscribe"]) == before + 1
+            # The last good table still maps the new event while the bad edit is refused.
+            answer = service.post("/segment", {**NEWSLETTER, "messageId": "after-bad-edit"})
+            assert answer.json()["accepted"] == 1, answer.text
+            deadline = time.monotonic() + 60
+            while not any(r.get("timestamp") and r["type"] == "subscribe"
+                          and r.get("user_id") == "u1" for r in miso.records[1:]):  # fmt: skip
+                assert time.monotonic() < deadline, service.tail()
+                time.sleep(0.3)
         finally:
             service.stop()
     log = service.tail()
     assert "rejected edit of" in log and f"{path}:" in log
+
+
+def test_workers_converge_on_the_last_good_version(tmp_path, folder):
+    """A worker that missed a good edit serves it anyway once a bad edit follows."""
+    apps = [
+        create_app({"TESTING": True, "MAPPINGS_DIR": str(folder), "MISO_API_KEY": "k",
+                    "ADAPTER_STORE": f"sqlite:///{tmp_path}/shared.db"})
+        for _ in range(2)
+    ]  # fmt: skip
+    first, second = (
+        MappingWatcher(folder, a.extensions["miso-adapter.translators"],
+                       a.extensions["miso-adapter.mapping-rejections"],
+                       store=a.extensions["miso-adapter.store"])
+        for a in apps
+    )  # fmt: skip
+    path = folder / "segment.yaml"
+    good = path.read_text()
+    save(path, good + NEW_RULE)
+    first.check()  # the first worker sees the good edit; the second does not look in time
+    save(path, good.replace("unmatched: skip", "unmatched: [skip") + NEW_RULE)
+    first.check()
+    second.check()
+    for app in apps:
+        answer = app.test_client().post("/segment", json={**NEWSLETTER, "messageId": str(id(app))})
+        assert answer.json["accepted"] == 1
+        assert app.extensions["miso-adapter.mapping-rejections"]["segment"]

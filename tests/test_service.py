@@ -70,7 +70,7 @@ class Service:
             )  # fmt: skip
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            with contextlib.suppress(requests.ConnectionError):
+            with contextlib.suppress(requests.RequestException):
                 if requests.get(f"{self.url}/healthz", timeout=1).status_code == 200:
                     return self
             assert self.process.poll() is None, f"service died:\n{self.tail()}"
