@@ -95,7 +95,7 @@ def _normalizer(args: argparse.Namespace) -> Normalizer | None:
             since=_instant(getattr(args, "since", None), end_of_day=False),
             until=_instant(getattr(args, "until", None), end_of_day=True),
         )
-    except (ValueError, ZoneInfoNotFoundError) as exc:
+    except (ValueError, OverflowError, ZoneInfoNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return None
 

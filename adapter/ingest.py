@@ -62,34 +62,41 @@ def ingest(
     """
     result = result if result is not None else IngestResult()
     incoming: list[Incoming] = []
-    counted: list[tuple[int, int, int]] = []  # records, deletions, links per incoming item
+    # Per incoming item: records, deletions, links, and its skip reason (a link-only
+    # message is skipped as an interaction): counted only once dedup has spoken.
+    counted: list[tuple[int, int, int, str | None]] = []
     for key, event in events:
         result.received += 1
         if isinstance(event, str):
             result.skipped[event] += 1
             continue
         translation = translator.translate(event)
-        if translation.skipped is not None:
-            result.skipped[translation.skipped] += 1
-        if translation.records or translation.deletions or translation.links:
-            incoming.append(
-                Incoming(
-                    key,
-                    [orjson.dumps(r) for r in translation.records],
-                    translation.deletions,
-                    source,
-                    translation.links,
-                )
+        if not (translation.records or translation.deletions or translation.links):
+            result.skipped[translation.skipped or "nothing to send"] += 1
+            continue
+        incoming.append(
+            Incoming(
+                key,
+                [orjson.dumps(r) for r in translation.records],
+                translation.deletions,
+                source,
+                translation.links,
             )
-            counted.append(
-                (len(translation.records), len(translation.deletions), len(translation.links))
-            )
+        )
+        counted.append(
+            (len(translation.records), len(translation.deletions), len(translation.links),
+             translation.skipped)
+        )  # fmt: skip
     duplicates = store.accept(incoming, dedup_ttl, status) if incoming or status else []
-    for (n_records, n_deletions, n_links), duplicate in zip(counted, duplicates, strict=True):
+    for (n_records, n_deletions, n_links, skipped), duplicate in zip(
+        counted, duplicates, strict=True
+    ):
         if duplicate:
             result.duplicates += 1
-        else:
-            result.accepted += n_records
-            result.deletions += n_deletions
-            result.links += n_links
+            continue
+        result.accepted += n_records
+        result.deletions += n_deletions
+        result.links += n_links
+        if skipped is not None:
+            result.skipped[skipped] += 1
     return result

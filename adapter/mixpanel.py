@@ -103,6 +103,7 @@ def _array_rows(stream: IO[bytes], name: str) -> Iterator[tuple[str, Any]]:
             yield f"{name} item {index}", row
     except ijson.JSONError as exc:
         # An array cannot be resynchronised after a syntax error: report where, stop.
+        # (Known limit: yajl, the C parser, stops at integers past 64 bits, too.)
         yield f"{name} after item {index}", ReadError(f"invalid JSON array: {exc}")
 
 
@@ -167,7 +168,11 @@ class Normalizer:
             self._until is not None and epoch >= self._until
         ):
             return None, "outside --since/--until"
-        key = self._dedup_key(name, props, raw_time)
+        try:
+            key = self._dedup_key(name, props, raw_time)
+        except (orjson.JSONEncodeError, RecursionError):
+            # Deeper than any JSON serialiser goes (orjson: 255 levels): not a real event.
+            return None, "properties nested too deeply"
         user, anonymous = self._ids(name, props)
         event = {
             "event": name,
