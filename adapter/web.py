@@ -180,6 +180,15 @@ def _write_key(body: Any) -> str | None:
     return key if isinstance(key, str) else None
 
 
+def _known_key(given: str | None, keys: frozenset[str]) -> bool:
+    """Constant-time membership: every configured key is compared, whatever matches."""
+    candidate = (given or "").encode()
+    known = False
+    for key in keys:
+        known |= hmac.compare_digest(candidate, key.encode())
+    return known and given is not None
+
+
 def _tracking(call: str | None):
     """One Tracking API call (``call`` set) or a ``/v1/batch``."""
     config = current_app.config
@@ -190,7 +199,7 @@ def _tracking(call: str | None):
     if not isinstance(body, dict):
         raise ApiError(400, "expected a JSON object")
     keys = config["SEGMENT_WRITE_KEYS"]
-    if keys and _write_key(body) not in keys:
+    if keys and not _known_key(_write_key(body), keys):
         raise ApiError(401, "missing or unknown write key")
     if call is None:
         if not isinstance(body.get("batch"), list):
@@ -322,6 +331,10 @@ def mixpanel_export():
         raise ApiError(400, f"no readable Mixpanel rows: {errors[0]}")
     if not summary.rows:
         raise ApiError(400, "empty body: expected Mixpanel export rows")
+    not_events = sum(n for reason, n in summary.result.skipped.items()
+                     if reason.startswith("not a Mixpanel event"))  # fmt: skip
+    if not_events == summary.rows - summary.malformed:
+        raise ApiError(400, 'no Mixpanel events in the body: expected {"event", "properties"} rows')
     counts = {**summary.result.as_dict(), "malformed": summary.malformed, "errors": errors}
     return jsonify(_MIXPANEL.dump(counts))
 
