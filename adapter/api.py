@@ -10,6 +10,7 @@ name the fields the adapter reads and let everything else through, as the routes
 from __future__ import annotations
 
 from typing import Any
+from zoneinfo import available_timezones
 
 from apispec import APISpec
 from apispec.ext.marshmallow import MarshmallowPlugin
@@ -26,6 +27,7 @@ __all__ = [
 ]
 
 VERSION = "0.1.0"
+_WHEN = {"anyOf": [{"type": "string", "format": "date"}, {"type": "string", "format": "date-time"}]}
 
 
 class ErrorSchema(Schema):
@@ -82,6 +84,19 @@ class ReadySchema(Schema):
     )
 
 
+# Items of an array that are not messages are skipped (counted with the reason), never a
+# reason to refuse the request: Segment drops a whole batch on a 4xx.
+_TOLERANT_ITEMS = {
+    "description": "messages; an item that is not an object is skipped, not refused",
+}
+
+
+def _tolerated(description: str, **metadata: Any) -> fields.Raw:
+    """A request field the adapter reads but does not enforce: a row or message with an
+    unusable value is accepted and counted as skipped with its reason, never refused."""
+    return fields.Raw(metadata={"description": description, **metadata})
+
+
 class SegmentMessageSchema(Schema):
     """A Segment message (Spec: common fields); unknown keys are allowed, as Segment adds them."""
 
@@ -89,17 +104,18 @@ class SegmentMessageSchema(Schema):
         unknown = INCLUDE
 
     # Field names are Segment's own (camelCase), so the document shows the real keys.
-    type = fields.String(metadata={"example": "track"})
-    event = fields.String(metadata={"example": "Product Viewed"})
-    messageId = fields.String()
-    userId = fields.Raw(metadata={"description": "string (numbers are accepted)"})
-    anonymousId = fields.Raw()
-    previousId = fields.Raw()
-    timestamp = fields.String(metadata={"format": "date-time"})
-    properties = fields.Dict()
-    context = fields.Dict()
-    traits = fields.Dict()
-    integrations = fields.Dict()
+    type = _tolerated("call type: track, page, screen, identify, alias, group, delete",
+                      example="track")  # fmt: skip
+    event = _tolerated("event name (track calls)", example="Product Viewed")
+    messageId = _tolerated("deduplication key")
+    userId = _tolerated("string (numbers are accepted)")
+    anonymousId = _tolerated("string (numbers are accepted)")
+    previousId = _tolerated("alias: the former id")
+    timestamp = _tolerated("ISO-8601 date-time", example="2024-05-01T10:00:00.000Z")
+    properties = _tolerated("object")
+    context = _tolerated("object")
+    traits = _tolerated("object")
+    integrations = _tolerated("object")
 
 
 class SegmentBatchSchema(Schema):
@@ -108,10 +124,12 @@ class SegmentBatchSchema(Schema):
     class Meta:
         unknown = INCLUDE
 
-    batch = fields.List(fields.Nested(SegmentMessageSchema), required=True)
-    context = fields.Dict()
-    integrations = fields.Dict()
-    writeKey = fields.String()
+    batch = fields.List(
+        fields.Raw(), required=True, metadata={"description": _TOLERANT_ITEMS["description"]}
+    )
+    context = _tolerated("object, merged into each item")
+    integrations = _tolerated("object, merged into each item")
+    writeKey = _tolerated("the write key, when not sent as HTTP Basic user")
 
 
 class MixpanelRowSchema(Schema):
@@ -120,8 +138,8 @@ class MixpanelRowSchema(Schema):
     class Meta:
         unknown = INCLUDE
 
-    event = fields.String(metadata={"example": "Add To Cart"})
-    properties = fields.Dict(metadata={"example": {"time": 1718035220, "distinct_id": "u1"}})
+    event = _tolerated("event name", example="Add To Cart")
+    properties = _tolerated("object", example={"time": 1718035220, "distinct_id": "u1"})
 
 
 def _errors(*codes: int) -> dict[str, Any]:
@@ -148,9 +166,9 @@ def _segment_body() -> dict[str, Any]:
         "content": {
             "application/json": {
                 "schema": {
-                    "oneOf": [
+                    "anyOf": [
                         one,
-                        {"type": "array", "items": one},
+                        {"type": "array", "items": _TOLERANT_ITEMS},
                         {"$ref": "#/components/schemas/SegmentBatch"},
                     ]
                 }
@@ -184,14 +202,14 @@ def openapi() -> dict[str, Any]:
     ok = {"description": "stored durably; counts", "content": _json("Ingest")}
     spec.path(path="/segment", operations={"post": {
         "summary": "Segment Webhooks (classic or Actions): one message, an array, or a batch",
-        "security": [{"segmentSignature": []}],
+        "security": [{"segmentSignature": []}, {}],  # required when configured
         "requestBody": _segment_body(),
         "responses": {"200": ok, **_errors(400, 401, 413, 415, 503)},
     }})  # fmt: skip
     for call in ("track", "page", "screen", "identify", "alias", "group"):
         spec.path(path=f"/v1/{call}", operations={"post": {
             "summary": f"Segment HTTP Tracking API: {call}",
-            "security": [{"writeKey": []}],
+            "security": [{"writeKey": []}, {}],  # required when configured
             "requestBody": {"required": True, "content": {"application/json": {
                 "schema": {"$ref": "#/components/schemas/SegmentMessage"}}}},
             "responses": {"200": {"description": "stored", "content": _json("Success")},
@@ -199,25 +217,34 @@ def openapi() -> dict[str, Any]:
         }})  # fmt: skip
     spec.path(path="/v1/batch", operations={"post": {
         "summary": "Segment HTTP Tracking API: batch",
-        "security": [{"writeKey": []}],
+        "security": [{"writeKey": []}, {}],  # required when configured
         "requestBody": {"required": True, "content": {"application/json": {
-            "schema": {"$ref": "#/components/schemas/SegmentBatch"}}}},
+            "schema": {"anyOf": [{"$ref": "#/components/schemas/SegmentBatch"},
+                                 {"type": "array", "items": _TOLERANT_ITEMS}]}}}},
         "responses": {"200": {"description": "stored", "content": _json("Success")},
                       **_errors(400, 401, 413, 415, 503)},
     }})  # fmt: skip
     spec.path(path="/mixpanel", operations={"post": {
         "summary": "A Mixpanel export (JSON Lines or a JSON array, gzip allowed), streamed",
-        "security": [{"adapterToken": []}],
+        "security": [{"adapterToken": []}, {}],  # required when configured
         "parameters": [
-            {"name": "project_timezone", "in": "query", "schema": {"type": "string"}},
-            {"name": "time_offset", "in": "query", "schema": {"type": "number"}},
-            {"name": "since", "in": "query", "schema": {"type": "string"}},
-            {"name": "until", "in": "query", "schema": {"type": "string"}},
+            {"name": "project_timezone", "in": "query",
+             "description": "a pre-2023 project's timezone (IANA name)", "allowEmptyValue": True,
+             "schema": {"type": "string", "enum": sorted(available_timezones())}},
+            {"name": "time_offset", "in": "query", "description": "or its fixed UTC offset, hours",
+             "allowEmptyValue": True,
+             "schema": {"type": "number", "minimum": -24, "maximum": 24}},
+            {"name": "since", "in": "query", "schema": _WHEN, "allowEmptyValue": True},
+            {"name": "until", "in": "query", "description": "a date includes the whole day",
+             "schema": _WHEN, "allowEmptyValue": True},
         ],
         "requestBody": {"required": True, "content": {
             "application/x-ndjson": {"schema": {"type": "string"}},
-            "application/json": {"schema": {"type": "array", "items": {
-                "$ref": "#/components/schemas/MixpanelRow"}}},
+            "application/json": {"schema": {"anyOf": [
+                {"type": "array", "minItems": 1,
+                 "items": {"$ref": "#/components/schemas/MixpanelRow"}},
+                {"$ref": "#/components/schemas/MixpanelRow"},
+            ]}},
         }},
         "responses": {"200": {"description": "stored; counts", "content": _json("MixpanelIngest")},
                       **_errors(400, 401, 413, 415, 503)},

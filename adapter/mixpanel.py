@@ -158,6 +158,8 @@ class Normalizer:
     ) -> None:
         if time_offset is not None and timezone is not None:
             raise ValueError("give a fixed time offset or a project timezone, not both")
+        if time_offset is not None and not -24 <= time_offset <= 24:
+            raise ValueError(f"a time offset is between -24 and 24 hours, not {time_offset:g}")
         self._offset = time_offset * 3600 if time_offset is not None else 0.0
         self._zone = ZoneInfo(timezone) if timezone else None
         self._since = since.timestamp() if since else None

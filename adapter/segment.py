@@ -18,12 +18,13 @@ from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
 
-__all__ = ["iter_messages", "js_stringify", "signature_ok"]
+__all__ = ["iter_messages", "js_stringify", "json_type", "signature_ok"]
 
 _TYPE_NAMES = {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null"}
 
 
-def _json_type(value: Any) -> str:
+def json_type(value: Any) -> str:
+    """The JSON name of a parsed value's type (object, array, string, ...)."""
     return _TYPE_NAMES.get(type(value), "number")
 
 
@@ -40,7 +41,7 @@ def iter_messages(where: str, body: Any) -> Iterator[tuple[str, dict | None, str
     if isinstance(body, dict) and "batch" in body and "type" not in body:
         batch = body["batch"]
         if not isinstance(batch, list):
-            yield where, None, f"'batch' must be an array of messages, got {_json_type(batch)}"
+            yield where, None, f"'batch' must be an array of messages, got {json_type(batch)}"
             return
         shared = {k: body[k] for k in ("context", "integrations") if isinstance(body.get(k), dict)}
         for index, item in enumerate(batch, start=1):
@@ -55,7 +56,7 @@ def iter_messages(where: str, body: Any) -> Iterator[tuple[str, dict | None, str
 def _one(where: str, item: Any) -> tuple[str, dict | None, str | None]:
     if isinstance(item, dict):
         return where, item, None
-    return where, None, f"expected a Segment message (JSON object), got {_json_type(item)}"
+    return where, None, f"expected a Segment message (JSON object), got {json_type(item)}"
 
 
 def _merge_shared(item: dict, shared: dict[str, dict]) -> dict:

@@ -11,6 +11,7 @@ missing, and the mapping's next fallback (or default) is tried.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections.abc import Callable
@@ -107,7 +108,14 @@ def to_text(value: Any) -> str | None:
     if isinstance(value, dict | list):
         if not value:
             return None
-        return orjson.dumps(value).decode()
+        try:
+            return orjson.dumps(value).decode()
+        except (TypeError, orjson.JSONEncodeError):
+            # Integers past 64 bits or odd keys: the stdlib writes them (it is rare).
+            try:
+                return json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str)
+            except (ValueError, RecursionError):
+                return None
     return to_string(value)
 
 

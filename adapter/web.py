@@ -54,7 +54,9 @@ _HEALTH = api.HealthSchema()
 _TRACKING_CALLS = ("track", "page", "screen", "identify", "alias", "group")
 # analytics.js's short paths for the same calls.
 _SHORT = {"t": "track", "p": "page", "s": "screen", "i": "identify", "a": "alias", "g": "group"}
-_JSON_TYPES = ("application/json", "text/plain")  # analytics.js posts text/plain (no preflight)
+# analytics.js posts text/plain (no preflight)
+_JSON_TYPES = ("application/json", "text/plain")
+_NOT_AN_OBJECT = "not a Mixpanel event: expected a JSON object"  # adapter.mixpanel's reason
 
 
 class ApiError(HTTPException):
@@ -160,10 +162,11 @@ def segment_webhook():
         raise ApiError(401, "missing or invalid X-Signature for the configured shared secret")
     if not isinstance(body, dict | list):
         raise ApiError(400, "expected a Segment message (JSON object) or an array of messages")
-    messages = list(segment.iter_messages("", body))
-    if len(messages) == 1 and messages[0][1] is None:
-        raise ApiError(400, messages[0][2] or "not a Segment message")
-    result = _ingest_segment(messages)
+    batch = body.get("batch") if isinstance(body, dict) and "type" not in body else []
+    if batch is not None and not isinstance(batch, list):
+        # The envelope itself is malformed; items that are not messages are only skipped.
+        raise ApiError(400, f"'batch' must be an array of messages, got {segment.json_type(batch)}")
+    result = _ingest_segment(list(segment.iter_messages("", body)))
     return jsonify(_INGEST.dump(result.as_dict()))
 
 
@@ -331,10 +334,11 @@ def mixpanel_export():
         raise ApiError(400, f"no readable Mixpanel rows: {errors[0]}")
     if not summary.rows:
         raise ApiError(400, "empty body: expected Mixpanel export rows")
-    not_events = sum(n for reason, n in summary.result.skipped.items()
-                     if reason.startswith("not a Mixpanel event"))  # fmt: skip
-    if not_events == summary.rows - summary.malformed:
-        raise ApiError(400, 'no Mixpanel events in the body: expected {"event", "properties"} rows')
+    # The wrong shape altogether (no row is an object) is refused; object rows that cannot
+    # be used are tolerated and counted as skipped, like unmapped events.
+    not_objects = summary.result.skipped.get(_NOT_AN_OBJECT, 0)
+    if not_objects == summary.rows - summary.malformed:
+        raise ApiError(400, "no Mixpanel events in the body: expected JSON objects as rows")
     counts = {**summary.result.as_dict(), "malformed": summary.malformed, "errors": errors}
     return jsonify(_MIXPANEL.dump(counts))
 
@@ -412,6 +416,10 @@ def _http_error(exc: HTTPException):
     """Every HTTP error has one JSON shape: {"error": what went wrong, "status": code}."""
     response = jsonify(_ERROR.dump({"error": exc.description, "status": exc.code}))
     response.status_code = exc.code or 500
+    # Keep the headers HTTP requires with the error (e.g. Allow on a 405), not its body type.
+    for name, value in exc.get_headers():
+        if name.lower() != "content-type":
+            response.headers[name] = value
     return response
 
 

@@ -138,6 +138,7 @@ def test_to_text_serialises_structured_queries():
     assert values.to_text({"q": "shoes", "size": 9}) == '{"q":"shoes","size":9}'
     assert values.to_text(" shoes ") == "shoes"
     assert values.to_text({}) is None
+    assert values.to_text({"n": 2**70}) == '{"n":1180591620717411303424}'
 
 
 @pytest.mark.parametrize(
