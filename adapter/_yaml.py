@@ -9,11 +9,12 @@ which would make an edit vanish without a word).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import yaml
 
-__all__ = ["Located", "YamlError", "load_located", "show_path"]
+__all__ = ["Located", "YamlError", "flatten_errors", "load_located", "show_path"]
 
 KeyPath = tuple[str | int, ...]
 
@@ -112,3 +113,23 @@ def show_path(path: KeyPath) -> str:
         else:
             out += f".{part}" if out else str(part)
     return out or "-"
+
+
+def flatten_errors(messages: Any, path: KeyPath = ()) -> Iterator[tuple[KeyPath, str]]:
+    """marshmallow's nested error dict → (key path, message) pairs, for located reports."""
+    if isinstance(messages, dict):
+        for key, inner in messages.items():
+            if key == "_schema":
+                yield from flatten_errors(inner, path)
+            elif key == "value" and path and isinstance(inner, list | dict):
+                yield from flatten_errors(inner, path)  # Dict value errors: {key: {"value": ...}}
+            else:
+                yield from flatten_errors(inner, (*path, key))
+    elif isinstance(messages, list):
+        for message in messages:
+            if isinstance(message, dict | list):
+                yield from flatten_errors(message, path)
+            else:
+                yield path, str(message)
+    else:
+        yield path, str(messages)

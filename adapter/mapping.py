@@ -28,7 +28,7 @@ from marshmallow import RAISE, Schema, ValidationError, validate, validates_sche
 from marshmallow import fields as mf
 
 from adapter import records, values
-from adapter._yaml import Located, YamlError, load_located, show_path
+from adapter._yaml import Located, YamlError, flatten_errors, load_located, show_path
 from adapter.identity import Link
 
 __all__ = [
@@ -1099,23 +1099,9 @@ def load_mapping_text(text: str, filename: str = "<mapping>") -> Translator:
 
 
 def _flatten(messages: Any, path: KeyPath = ()) -> Iterable[tuple[KeyPath, str]]:
-    """marshmallow's nested error dict → (key path, message) pairs."""
-    if isinstance(messages, dict):
-        for key, inner in messages.items():
-            if key == "_schema":
-                yield from _flatten(inner, path)
-            elif key == "value" and path and isinstance(inner, list | dict):
-                yield from _flatten(inner, path)  # Dict value errors: {key: {"value": [...]}}
-            else:
-                yield from _flatten(inner, (*path, key))
-    elif isinstance(messages, list):
-        for message in messages:
-            if isinstance(message, dict | list):
-                yield from _flatten(message, path)
-            else:
-                yield path, _friendly(str(message))
-    else:
-        yield path, _friendly(str(messages))
+    """Located marshmallow errors, in the words of this format."""
+    for key, message in flatten_errors(messages, path):
+        yield key, _friendly(message)
 
 
 def _friendly(message: str) -> str:

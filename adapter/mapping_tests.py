@@ -32,7 +32,7 @@ from __future__ import annotations
 import datetime as dt
 import difflib
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,7 +41,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from marshmallow import RAISE, Schema, ValidationError, validate, validates, validates_schema
 from marshmallow import fields as mf
 
-from adapter._yaml import Located, YamlError, load_located, show_path
+from adapter._yaml import Located, YamlError, flatten_errors, load_located, show_path
 from adapter.mapping import MappingError, Problem, Translation, Translator, load_mapping
 from adapter.mixpanel import Normalizer
 
@@ -227,7 +227,7 @@ def _load_case_file(path: Path, filename: str) -> tuple[dict, Located] | list[st
         data = _CaseFileSchema().load(located.data)
         errors: list[tuple[KeyPath, str]] = []
     except ValidationError as exc:
-        errors = list(_flatten(exc.normalized_messages()))
+        errors = list(flatten_errors(exc.normalized_messages()))
     seen = {key for key, _ in errors}
     errors += [
         (key, f"YAML reads this unquoted value as a date ({value}), not as text: quote it")
@@ -243,27 +243,6 @@ def _load_case_file(path: Path, filename: str) -> tuple[dict, Located] | list[st
     return data, located
 
 
-def _flatten(messages: Any, path: KeyPath = ()) -> Iterator[tuple[KeyPath, str]]:
-    """marshmallow's nested error dict → (key path, message) pairs."""
-    if isinstance(messages, dict):
-        for key, inner in messages.items():
-            if key == "_schema":
-                yield from _flatten(inner, path)
-            elif key == "value" and path and isinstance(inner, list | dict):
-                yield from _flatten(inner, path)  # Dict value errors: {key: {"value": [...]}}
-            else:
-                yield from _flatten(inner, (*path, key))
-    elif isinstance(messages, list):
-        for message in messages:
-            if isinstance(message, dict | list):
-                yield from _flatten(message, path)
-            else:
-                yield path, str(message)
-    else:
-        yield path, str(messages)
-
-
-# The keys each level of a case file takes, for "unknown key" messages.
 _KEYS = {
     0: "table, cases",
     2: "name, input, options, records, skipped, links, deletions",
