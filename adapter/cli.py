@@ -215,13 +215,7 @@ def _translate(args: argparse.Namespace) -> int:
         out.flush()
         if stream is not sys.stdin.buffer:
             stream.close()
-    print(
-        f"{counts['inputs']} inputs: {counts['records']} records, {counts['skipped']} skipped, "
-        f"{counts['errors']} errors, {counts['links']} identity links, "
-        f"{counts['deletions']} deletions",
-        file=err,
-    )
-    return 1 if counts["errors"] else 0
+    return _summary(counts)
 
 
 def _translate_mixpanel(
@@ -252,13 +246,7 @@ def _translate_mixpanel(
         out.flush()
         if stream is not sys.stdin.buffer:
             stream.close()
-    print(
-        f"{counts['inputs']} inputs: {counts['records']} records, {counts['skipped']} skipped, "
-        f"{counts['errors']} errors, {counts['links']} identity links, "
-        f"{counts['deletions']} deletions",
-        file=sys.stderr,
-    )
-    return 1 if counts["errors"] else 0
+    return _summary(counts)
 
 
 def _replay_args(parser: argparse.ArgumentParser) -> None:
@@ -355,6 +343,17 @@ def _replay(args: argparse.Namespace) -> int:
     for line in summary.lines(dry_run=False):
         print(line, file=sys.stderr)
     return 1 if summary.malformed or (summary.end_stats or {}).get("spool") else 0
+
+
+def _summary(counts: Counter[str]) -> int:
+    """The closing line of `translate`, and its exit code (1 when an input was bad)."""
+    print(
+        f"{counts['inputs']} inputs: {counts['records']} records, {counts['skipped']} skipped, "
+        f"{counts['errors']} errors, {counts['links']} identity links, "
+        f"{counts['deletions']} deletions",
+        file=sys.stderr,
+    )
+    return 1 if counts["errors"] else 0
 
 
 def _emit(
