@@ -12,11 +12,12 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
 from zoneinfo import ZoneInfoNotFoundError
 
 import orjson
@@ -26,7 +27,10 @@ from adapter.config import Config, forwarder_settings, mappings_dir
 from adapter.mapping import MappingError, Translator, load_mapping
 from adapter.mixpanel import Normalizer
 from adapter.reader import ReadError, read_json_values
-from adapter.store import StoreError, open_store
+from adapter.store import Store, StoreError, open_store
+
+if TYPE_CHECKING:
+    from adapter.forwarder import Forwarder
 
 __all__ = ["main"]
 
@@ -474,8 +478,48 @@ def _forward(args: argparse.Namespace) -> int:
     logging.getLogger("adapter.forwarder").info(
         "forwarding from %s to %s (pid %d)", store, config.MISO_API_URL, os.getpid()
     )
-    Forwarder(store, client, settings).run(stop)
-    return 0
+    forwarder = Forwarder(store, client, settings)
+    if not args.until_empty:
+        forwarder.run(stop)
+        return 0
+    return _drain(forwarder, store, stop)
+
+
+def _drain(forwarder: Forwarder, store: Store, stop: threading.Event) -> int:
+    """``forward --until-empty``: send what is ready, say what is left, exit 1 if anything is."""
+    from adapter.forwarder import MISO_STATUS
+
+    if forwarder.client is None:
+        print("error: MISO_API_KEY is not set: nothing can be sent", file=sys.stderr)
+        return 1
+    started = time.monotonic()
+    try:
+        taken = forwarder.drain(stop)
+        stats = store.stats()
+        status = store.get_status(MISO_STATUS)
+    except StoreError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    seconds = time.monotonic() - started
+    print(f"forwarded {taken:,} items in {seconds:.1f}s ({taken / max(seconds, 1e-9):,.0f}/s); "
+          f"spool: {stats['spool']:,} waiting, {stats['dead_letters']:,} dead letters",
+          file=sys.stderr)  # fmt: skip
+    if stats["spool"] == 0:
+        return 0
+    if status is not None and not status.get("ready", True):
+        print(f"error: not sent: {status['reason']}", file=sys.stderr)
+    else:
+        print("error: records wait for a retry (Miso was unavailable); run it again later, "
+              "or keep `miso-adapter forward` running", file=sys.stderr)  # fmt: skip
+    return 1
+
+
+def _forward_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--until-empty",
+        action="store_true",
+        help="send what is ready, then exit: 0 when the spool is empty, 1 when records remain",
+    )
 
 
 def _dead_letters_args(parser: argparse.ArgumentParser) -> None:
@@ -575,7 +619,7 @@ _COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Calla
         _serve_args,
         _serve,
     ),
-    "forward": ("run the forwarder alone", lambda parser: None, _forward),
+    "forward": ("run the forwarder alone [--until-empty]", _forward_args, _forward),
     "replay": (
         "replay Mixpanel export files into Miso: replay mixpanel FILE... [options]",
         _replay_args,

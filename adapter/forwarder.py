@@ -108,15 +108,32 @@ class Forwarder:
 
     def step(self) -> bool:
         """One cycle over deletions and records; True when a full batch was sent."""
+        return self._cycle() >= self.settings.batch_size
+
+    def _cycle(self) -> int:
+        """Forward due deletions and one batch of records; returns how many items it took."""
         if self.client is None or self.paused_until > time.time():
-            return False
-        self._forward_deletions()
+            return 0
+        deletions = self._forward_deletions()
         s = self.settings
         batch = self.store.claim("record", s.batch_size, s.max_bytes, s.lease, self.owner)
-        if not batch:
-            return False
-        self._send_records(batch)
-        return len(batch) == s.batch_size
+        if batch:
+            self._send_records(batch)
+        return len(batch) + deletions
+
+    def drain(self, stop: threading.Event | None = None) -> int:
+        """Forward until nothing is ready to send (or Miso refuses the key); returns items taken.
+
+        Records waiting for a retry delay are not waited for: the caller reads
+        :meth:`Store.stats` to see what is left.
+        """
+        taken = 0
+        while stop is None or not stop.is_set():
+            claimed = self._cycle()
+            if not claimed:
+                break
+            taken += claimed
+        return taken
 
     # ------------------------------------------------------------------ records
 
@@ -231,14 +248,16 @@ class Forwarder:
 
     # ------------------------------------------------------------------ deletions
 
-    def _forward_deletions(self) -> None:
+    def _forward_deletions(self) -> int:
         s = self.settings
-        for item in self.store.claim("delete", 100, s.max_bytes, s.lease, self.owner):
+        claimed = self.store.claim("delete", 100, s.max_bytes, s.lease, self.owner)
+        for item in claimed:
             user_ids = orjson.loads(item.body)["user_ids"]
             outcome = self.client.delete(user_ids)  # type: ignore[union-attr]
             if outcome.kind == "rejected":
                 outcome.kind = "fatal"  # a deletion has no records to pick apart
             self._settle([item], outcome)
+        return len(claimed)
 
     # ------------------------------------------------------------------ pause
 

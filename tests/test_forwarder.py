@@ -247,3 +247,45 @@ def test_parse_422_lines():
 def test_client_repr_hides_key():
     """The Miso client never shows its key."""
     assert "sekret" not in repr(MisoClient("http://x", "sekret"))
+
+
+def _forward_until_empty(monkeypatch, miso, tmp_path, key="good-key") -> int:
+    from adapter import cli
+
+    monkeypatch.setenv("MISO_API_URL", miso.url)
+    monkeypatch.setenv("MISO_API_KEY", key)
+    monkeypatch.setenv("ADAPTER_BACKOFF_BASE", "30")
+    return cli.main(["forward", "--until-empty"])
+
+
+def test_forward_until_empty_sends_everything_and_exits_0(monkeypatch, miso, tmp_path, capsys):
+    """`forward --until-empty` delivers the whole spool in batches, then exits 0."""
+    store = SqliteStore(tmp_path / "adapter.db")
+    enqueue(store, [like(n) for n in range(2500)])
+    assert _forward_until_empty(monkeypatch, miso, tmp_path) == 0
+    assert miso.records == [like(n) for n in range(2500)]
+    assert [r.n_records for r in miso.requests] == [1000, 1000, 500]
+    assert store.stats()["spool"] == 0
+    assert "forwarded 2,500 items" in capsys.readouterr().err
+
+
+def test_forward_until_empty_exits_1_when_records_wait(monkeypatch, miso, tmp_path, capsys):
+    """When Miso is down, `--until-empty` does not wait out the backoff: it says what is left."""
+    store = SqliteStore(tmp_path / "adapter.db")
+    enqueue(store, [like(n) for n in range(3)])
+    miso.fail_next(503)
+    assert _forward_until_empty(monkeypatch, miso, tmp_path) == 1
+    err = capsys.readouterr().err
+    assert "3 waiting" in err and "wait for a retry" in err
+    assert store.stats()["spool"] == 3
+
+
+def test_forward_until_empty_reports_a_refused_key(monkeypatch, miso, tmp_path, capsys):
+    """A refused key stops the drain at once with Miso's reason, and keeps the records."""
+    store = SqliteStore(tmp_path / "adapter.db")
+    enqueue(store, [like(1)])
+    assert _forward_until_empty(monkeypatch, miso, tmp_path, key="wrong-key") == 1
+    err = capsys.readouterr().err
+    assert "error: not sent: Miso refused the API key (401)" in err
+    assert "wrong-key" not in err
+    assert store.stats()["spool"] == 1
