@@ -65,6 +65,30 @@ def test_claim_respects_count_and_bytes(store):
     assert len(store.claim("record", limit=100, max_bytes=1 << 20, lease=30, owner="a")) == 7
 
 
+def test_claim_takes_the_longest_ready_first(store):
+    """A record back from a retry delay waits behind those that became ready before it."""
+    store.accept([Incoming(None, [rec(1), rec(2)])], DAY)
+    first, second = store.claim("record", 10, 1 << 20, 30, "a")
+    store.retry_later([first.id], delay=0.05, error="503")  # ready in 50 ms
+    store.release([second.id])  # ready now
+    store.accept([Incoming(None, [rec(3)])], DAY)  # ready now, after the release
+    time.sleep(0.06)
+    two = store.claim("record", 2, 1 << 20, 30, "a")
+    assert [orjson.loads(c.body)["user_id"] for c in two] == ["u2", "u3"]  # not u1 (lowest id)
+    assert [orjson.loads(c.body)["user_id"] for c in store.claim("record", 9, 1 << 20, 30, "a")] \
+        == ["u1"]  # fmt: skip
+
+
+def test_ack_removes_a_whole_batch(store):
+    """ack() of a 1,500-item batch removes exactly those items, in one statement."""
+    store.accept([Incoming(None, [rec(n) for n in range(1600)])], DAY)
+    batch = store.claim("record", 1500, 1 << 24, 30, "a")
+    store.ack([c.id for c in batch])
+    left = store.claim("record", 1000, 1 << 24, 30, "a")
+    assert [orjson.loads(c.body)["user_id"] for c in left] == [f"u{n}" for n in range(1500, 1600)]
+    assert store.stats()["spool"] == 100
+
+
 def test_oversize_single_item_is_still_claimed(store):
     """An item larger than the byte budget is claimed alone rather than stuck forever."""
     store.accept([Incoming(None, [b"x" * 5000, rec(1)])], DAY)
