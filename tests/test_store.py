@@ -228,3 +228,51 @@ def test_wal_stays_bounded(tmp_path):
     for i in range(3000):
         s.accept([Incoming(f"k{i}", [body])], DAY)
     assert (tmp_path / "wal.db-wal").stat().st_size < 8 * 1024 * 1024
+
+
+_V1_SPOOL = """
+CREATE TABLE spool (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT NOT NULL, body BLOB NOT NULL,
+    size INTEGER NOT NULL, source TEXT NOT NULL, created_at REAL NOT NULL,
+    ready_at REAL NOT NULL, owner TEXT, attempts INTEGER NOT NULL DEFAULT 0,
+    first_attempt_at REAL, last_error TEXT
+);
+CREATE INDEX spool_ready ON spool (kind, ready_at, id);
+"""
+
+
+def test_a_store_from_the_first_version_is_migrated(tmp_path):
+    """A spool written with bodies inline (version 1) opens with every item intact."""
+    import sqlite3
+
+    path = tmp_path / "old.db"
+    old = sqlite3.connect(path)
+    old.executescript(_V1_SPOOL)
+    now = time.time()
+    old.executemany(
+        "INSERT INTO spool (kind, body, size, source, created_at, ready_at) VALUES (?,?,?,?,?,?)",
+        [("record", rec(n), len(rec(n)), "segment", now, now) for n in range(3)],
+    )
+    old.commit()
+    old.close()
+    store = SqliteStore(path)
+    batch = store.claim("record", 10, 1 << 20, 30, "a")
+    assert [orjson.loads(c.body)["user_id"] for c in batch] == ["u0", "u1", "u2"]
+    store.accept([Incoming(None, [rec(3)])], DAY)
+    store.ack([c.id for c in batch])
+    (fresh,) = store.claim("record", 10, 1 << 20, 30, "a")
+    assert fresh.id == 4 and orjson.loads(fresh.body)["user_id"] == "u3"
+    assert SqliteStore(path).claim("record", 10, 1 << 20, 30, "b") == []  # reopening is a no-op
+    (version,) = sqlite3.connect(path).execute("PRAGMA user_version").fetchone()
+    assert version == 2
+
+
+def test_ids_are_never_reused_after_the_newest_item_is_acked(store):
+    """Acking the newest item and enqueueing again gives a new id (an old ack cannot hit it)."""
+    store.accept([Incoming(None, [rec(1)])], DAY)
+    (first,) = store.claim("record", 10, 1 << 20, 30, "a")
+    store.ack([first.id])
+    store.accept([Incoming(None, [rec(2)])], DAY)
+    (second,) = store.claim("record", 10, 1 << 20, 30, "a")
+    assert second.id > first.id
+    assert orjson.loads(second.body)["user_id"] == "u2"
