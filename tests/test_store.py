@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import threading
 import time
@@ -196,6 +197,92 @@ def test_threads_share_one_store(store):
     for t in threads:
         t.join()
     assert store.stats()["spool"] == 80
+
+
+def _hold_first_commit(store, monkeypatch) -> tuple[threading.Event, threading.Event, list]:
+    """Make the first transaction wait until released, and count transactions."""
+    entered, release, transactions = threading.Event(), threading.Event(), []
+    original = store._transaction
+
+    @contextlib.contextmanager
+    def counted():
+        transactions.append(threading.get_ident())
+        if len(transactions) == 1:
+            entered.set()
+            release.wait(5)
+        with original() as conn:
+            yield conn
+
+    monkeypatch.setattr(store, "_transaction", counted)
+    return entered, release, transactions
+
+
+def test_concurrent_accepts_share_one_commit(store, monkeypatch):
+    """Accepts arriving while a commit is under way are committed together, each durable."""
+    entered, release, transactions = _hold_first_commit(store, monkeypatch)
+    results: dict[int, list[bool]] = {}
+
+    def accept(n: int) -> None:
+        key = "first" if n == 100 else f"k{n % 3}"
+        results[n] = store.accept([Incoming(key, [rec(n)])], DAY)
+
+    first = threading.Thread(target=accept, args=(100,))
+    first.start()
+    assert entered.wait(5)
+    waiting = [threading.Thread(target=accept, args=(n,)) for n in range(6)]
+    for t in waiting:
+        t.start()
+    deadline = time.monotonic() + 5
+    while len(store._pending) < 6 and time.monotonic() < deadline:
+        time.sleep(0.005)
+    release.set()
+    for t in [first, *waiting]:
+        t.join(5)
+    assert len(transactions) == 2  # the first, then one for all six that waited
+    # Dedup across the group is as if one after the other: k0, k1, k2 once each.
+    assert sorted(flag for n in range(6) for flag in results[n]) == [False] * 3 + [True] * 3
+    other = SqliteStore(store.path)  # a new connection sees every accepted record
+    assert other.stats()["spool"] == 1 + 3
+
+
+def test_a_failed_group_commit_fails_every_accept_in_it(store, monkeypatch):
+    """When the shared transaction fails, every accept in it gets StoreError; none is stored."""
+    import sqlite3
+
+    entered, release, _ = _hold_first_commit(store, monkeypatch)
+    original = store._accept_in
+
+    def failing(db, job, now):
+        if any(item.dedup_key == "poison" for item in job.batch):
+            raise sqlite3.OperationalError("disk I/O error")
+        return original(db, job, now)
+
+    monkeypatch.setattr(store, "_accept_in", failing)
+    errors: dict[str, BaseException | None] = {}
+
+    def accept(key: str) -> None:
+        try:
+            store.accept([Incoming(key, [rec(1)])], DAY)
+            errors[key] = None
+        except StoreError as exc:
+            errors[key] = exc
+
+    first = threading.Thread(target=accept, args=("first",))
+    first.start()
+    assert entered.wait(5)
+    group = [threading.Thread(target=accept, args=(k,)) for k in ("a", "poison", "b")]
+    for t in group:
+        t.start()
+    deadline = time.monotonic() + 5
+    while len(store._pending) < 3 and time.monotonic() < deadline:
+        time.sleep(0.005)
+    release.set()
+    for t in [first, *group]:
+        t.join(5)
+    assert errors["first"] is None
+    assert all("disk I/O error" in str(errors[k]) for k in ("a", "poison", "b"))
+    assert store.stats()["spool"] == 1
+    assert store.accept([Incoming("a", [rec(2)])], DAY) == [False]  # "a" was never kept
 
 
 def _claim_all(path, owner, out):

@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -91,6 +92,18 @@ def _parts(items: list[str], size: int = 500) -> Iterator[list[str]]:
         yield items[start : start + size]
 
 
+@dataclass(slots=True)
+class _Accept:
+    """One accept() call waiting for a group commit."""
+
+    batch: Sequence[Incoming]
+    dedup_ttl: float
+    status: tuple[str, dict[str, Any]] | None
+    duplicates: list[bool] = field(default_factory=list)
+    error: BaseException | None = None
+    done: bool = False
+
+
 class SqliteStore:
     """The :class:`adapter.store.Store` interface on one SQLite file."""
 
@@ -105,6 +118,10 @@ class SqliteStore:
         # in SQLite's busy handler, which sleeps in growing steps of up to 100 ms: under load
         # the unlucky writer slept for hundreds of ms (measured p99 ~370 ms -> see bench/).
         self._write_lock = threading.Lock()
+        # Group commit: accepts waiting for the write lock leave their work here, and the
+        # next thread to hold the lock commits all of it in one transaction (one fsync).
+        self._pending: list[_Accept] = []
+        self._pending_lock = threading.Lock()
         self._lock_path = Path(f"{self.path}.lock")
         self._lock_fd: int | None = None
         self._lock_pid = 0
@@ -165,6 +182,9 @@ class SqliteStore:
         """An immediate (write-locked) transaction; any SQLite failure is a StoreError."""
         with self._write_lock, self._file_lock(), self._transaction() as conn:
             yield conn
+        self._after_write(conn)
+
+    def _after_write(self, conn: sqlite3.Connection) -> None:
         self._local.writes += 1
         if self._local.writes % _CHECKPOINT_EVERY == 0:
             # PASSIVE: copies what it can without blocking writers (or waiting for readers).
@@ -229,44 +249,89 @@ class SqliteStore:
         dedup_ttl: float,
         status: tuple[str, dict[str, Any]] | None = None,
     ) -> list[bool]:
-        """Dedup and enqueue in one transaction: all of it is durable, or none of it."""
-        now = time.time()
+        """Dedup and enqueue in one transaction: all of it is durable, or none of it.
+
+        Concurrent calls from threads of this process are committed together (group
+        commit): each returns only once the transaction holding its items has committed,
+        and a failure fails every call in it, none partly.
+        """
+        job = _Accept(batch, dedup_ttl, status)
+        with self._pending_lock:
+            self._pending.append(job)
+        committed = None
+        with self._write_lock:
+            if not job.done:  # else an earlier lock holder committed it with its own
+                with self._pending_lock:
+                    jobs, self._pending = self._pending, []
+                committed = self._commit_accepts(jobs)
+        if committed is not None:
+            self._after_write(committed)  # the checkpoint, once no writer waits on us
+        if job.error is not None:
+            raise job.error
+        return job.duplicates
+
+    def _commit_accepts(self, jobs: list[_Accept]) -> sqlite3.Connection | None:
+        """Leader of a group commit (holding the thread lock): one transaction for all.
+
+        Returns the connection when the transaction committed.
+        """
+        try:
+            with self._file_lock(), self._transaction() as conn:
+                now = time.time()
+                for job in jobs:
+                    job.duplicates = self._accept_in(conn, job, now)
+        except StoreError as exc:
+            for job in jobs:
+                job.error = StoreError(str(exc))
+        except BaseException as exc:
+            for job in jobs:
+                job.error = StoreError(f"store write failed: {type(exc).__name__}")
+            raise
+        else:
+            return conn
+        finally:
+            for job in jobs:
+                job.done = True
+        return None
+
+    def _accept_in(self, db: sqlite3.Connection, job: _Accept, now: float) -> list[bool]:
+        """One accept's dedup and inserts, inside the group's transaction."""
+        dedup_ttl = job.dedup_ttl
         duplicates: list[bool] = []
         rows: list[tuple] = []
-        with self._write() as db:
-            for item in batch:
-                if item.dedup_key is not None:
-                    # Inserts a new key, or revives an expired one; a live key changes nothing.
-                    cursor = db.execute(
-                        "INSERT INTO dedup (key, expires_at) VALUES (?, ?) "
-                        "ON CONFLICT (key) DO UPDATE SET expires_at = excluded.expires_at "
-                        "WHERE dedup.expires_at <= ?",
-                        (item.dedup_key, now + dedup_ttl, now),
-                    )
-                    if cursor.rowcount == 0:
-                        duplicates.append(True)
-                        continue
-                duplicates.append(False)
-                for body in item.records:
-                    rows.append(("record", body, len(body), item.source, now, now))
-                if item.links:
-                    db.executemany(
-                        "INSERT INTO links (anonymous_id, user_id, linked_at) VALUES (?, ?, ?) "
-                        "ON CONFLICT (anonymous_id) DO UPDATE SET user_id = excluded.user_id, "
-                        "linked_at = excluded.linked_at",
-                        [(link.anonymous_id, link.user_id, now) for link in item.links],
-                    )
-                if item.deletions:
-                    # Records before the deletion notice go in first, so it can drop them.
-                    self._insert_spool(db, rows)
-                    rows = []
-                    for user_id in item.deletions:
-                        self._forget(db, user_id)
-                    body = orjson.dumps({"user_ids": item.deletions})
-                    rows.append(("delete", body, len(body), item.source, now, now))
-            self._insert_spool(db, rows)
-            if status is not None:
-                self._put_status(db, *status)
+        for item in job.batch:
+            if item.dedup_key is not None:
+                # Inserts a new key, or revives an expired one; a live key changes nothing.
+                cursor = db.execute(
+                    "INSERT INTO dedup (key, expires_at) VALUES (?, ?) "
+                    "ON CONFLICT (key) DO UPDATE SET expires_at = excluded.expires_at "
+                    "WHERE dedup.expires_at <= ?",
+                    (item.dedup_key, now + dedup_ttl, now),
+                )
+                if cursor.rowcount == 0:
+                    duplicates.append(True)
+                    continue
+            duplicates.append(False)
+            for body in item.records:
+                rows.append(("record", body, len(body), item.source, now, now))
+            if item.links:
+                db.executemany(
+                    "INSERT INTO links (anonymous_id, user_id, linked_at) VALUES (?, ?, ?) "
+                    "ON CONFLICT (anonymous_id) DO UPDATE SET user_id = excluded.user_id, "
+                    "linked_at = excluded.linked_at",
+                    [(link.anonymous_id, link.user_id, now) for link in item.links],
+                )
+            if item.deletions:
+                # Records before the deletion notice go in first, so it can drop them.
+                self._insert_spool(db, rows)
+                rows = []
+                for user_id in item.deletions:
+                    self._forget(db, user_id)
+                body = orjson.dumps({"user_ids": item.deletions})
+                rows.append(("delete", body, len(body), item.source, now, now))
+        self._insert_spool(db, rows)
+        if job.status is not None:
+            self._put_status(db, *job.status)
         return duplicates
 
     @staticmethod
