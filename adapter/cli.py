@@ -285,9 +285,7 @@ def _replay_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _replay(args: argparse.Namespace) -> int:
-    from adapter.forwarder import Forwarder
-    from adapter.miso import MisoClient
-    from adapter.replay import replay_files
+    from adapter.replay import ForwarderProcess, replay_files
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     missing = [str(p) for p in args.files if not p.is_file()]
@@ -332,9 +330,6 @@ def _replay(args: argparse.Namespace) -> int:
     except StoreError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    settings = forwarder_settings()
-    timeout = (min(5.0, settings.lease / 3), min(20.0, settings.lease * 2 / 3))
-    client = MisoClient(config.MISO_API_URL, config.MISO_API_KEY, timeout=timeout)
     summary = replay_files(
         args.files,
         translator=translator,
@@ -342,7 +337,8 @@ def _replay(args: argparse.Namespace) -> int:
         store=store,
         dedup_ttl=config.DEDUP_HOURS * 3600,
         resume=args.resume,
-        forwarder=Forwarder(store, client, settings),
+        # Its own process: sending then runs beside reading, on the other core.
+        forwarder=ForwarderProcess(env={**os.environ, "ADAPTER_LOG_LEVEL": "WARNING"}),
     )
     for line in summary.lines(dry_run=False):
         print(line, file=sys.stderr)
@@ -417,8 +413,9 @@ def _serve_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _logging() -> None:
+    level = os.environ.get("ADAPTER_LOG_LEVEL", "INFO").upper()
     logging.basicConfig(
-        level=logging.INFO,
+        level=level if level in logging.getLevelNamesMapping() else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s",
         stream=sys.stderr,
     )

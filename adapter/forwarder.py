@@ -78,6 +78,7 @@ class Forwarder:
         self.settings = settings or ForwarderSettings()
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
         self.paused_until = 0.0
+        self._first_ok = True
 
     def __repr__(self) -> str:
         return f"<Forwarder {self.owner} via {self.client!r}>"
@@ -193,6 +194,11 @@ class Forwarder:
             self.store.ack(ids)
             if self.paused_until:
                 self._resume()
+            elif self._first_ok:
+                # A refusal published by an earlier process (a key since fixed) is stale.
+                self._first_ok = False
+                if self.store.get_status(MISO_STATUS) is not None:
+                    self._resume()
             return []
         if outcome.kind == "rejected":
             named = {i: msg for i, msg in outcome.rejected.items() if 0 <= i < len(items)}

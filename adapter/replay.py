@@ -4,14 +4,18 @@ Files are read row by row (constant memory); rows are normalised and translated,
 stored in chunks, each chunk in ONE transaction together with the file's checkpoint
 (how many rows are done), so ``--resume`` continues exactly where the last committed
 chunk ended, and the store's dedup keys make a second run, or an overlapping export,
-send nothing twice. A forwarder in a background thread sends as the replay reads;
-when Miso is slow or refusing (429, 5xx), the spool grows to a bound and reading waits:
-the replay slows down instead of dropping anything.
+send nothing twice. A forwarder sends as the replay reads — from the command line a
+``miso-adapter forward`` child process, so reading and sending use a core each (a
+thread would share one interpreter lock); when Miso is slow or refusing (429, 5xx),
+the spool grows to a bound and reading waits: the replay slows down instead of
+dropping anything.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
+import subprocess
 import sys
 import threading
 import time
@@ -29,7 +33,9 @@ from adapter.mixpanel import Normalizer, iter_rows, open_export
 from adapter.reader import ReadError
 from adapter.store import Store
 
-__all__ = ["ReplaySummary", "chunks", "replay_files"]
+__all__ = ["ForwarderProcess", "ForwarderThread", "ReplaySummary", "chunks", "replay_files"]
+
+log = logging.getLogger("adapter.replay")
 
 CHUNK = 1000  # rows per transaction: one fsync per thousand events
 MAX_SPOOL = 50_000  # records waiting for Miso before reading pauses (backpressure)
@@ -147,6 +153,62 @@ def _rows(path: Path) -> Iterator[tuple[str, Any, int]]:
         raw.close()
 
 
+class ForwarderThread:
+    """Sends while the replay reads: a forwarder in a thread of this process."""
+
+    def __init__(self, forwarder: Forwarder) -> None:
+        self.forwarder = forwarder
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=forwarder.run, args=(self._stop,), daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def check(self) -> None:
+        """Nothing to supervise: the forwarder's loop survives store and network trouble."""
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=60)
+
+
+class ForwarderProcess:
+    """Sends while the replay reads: a ``miso-adapter forward`` child on its own core.
+
+    It dies with the replay (even on ``kill -9``, on Linux), and is restarted if it
+    exits early; what it had leased comes back to the next forwarder after the lease.
+    """
+
+    def __init__(self, command: list[str] | None = None, env: dict[str, str] | None = None) -> None:
+        self.command = command or [sys.executable, "-m", "adapter.cli", "forward"]
+        self.env = env
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        from adapter.serve import spawn
+
+        self.process = spawn(self.command, env=self.env)
+
+    def check(self) -> None:
+        """Restart the forwarder if it has exited."""
+        if self.process is not None and self.process.poll() is not None:
+            log.error("the forwarder exited with %s; restarting it", self.process.returncode)
+            self.start()
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+Sender = ForwarderThread | ForwarderProcess
+
+
 def replay_files(
     paths: list[Path],
     *,
@@ -156,31 +218,33 @@ def replay_files(
     dedup_ttl: float,
     resume: bool = False,
     output: IO[bytes] | None = None,
-    forwarder: Forwarder | None = None,
+    forwarder: Forwarder | Sender | None = None,
     errors: IO[str] = sys.stderr,
     wait_for_delivery: float = 3600.0,
     max_spool: int = MAX_SPOOL,
 ) -> ReplaySummary:
-    """Replay export files; with ``store`` None it is a dry run writing to ``output``."""
+    """Replay export files; with ``store`` None it is a dry run writing to ``output``.
+
+    ``forwarder`` sends while the replay reads: a :class:`Forwarder` (run in a thread),
+    a :class:`ForwarderThread` or a :class:`ForwarderProcess`; None stores only.
+    """
     summary = ReplaySummary()
     if store is not None:
         summary.start_stats = store.stats()
-    stop = threading.Event()
     sender = None
     if forwarder is not None and store is not None:
-        sender = threading.Thread(target=forwarder.run, args=(stop,), daemon=True)
+        sender = ForwarderThread(forwarder) if isinstance(forwarder, Forwarder) else forwarder
         sender.start()
     try:
         for path in paths:
             summary.files += 1
             _replay_one(path, summary, translator, normalizer, store, dedup_ttl, resume,
-                        output, errors, max_spool, forwarder)  # fmt: skip
+                        output, errors, max_spool, sender)  # fmt: skip
         if sender is not None and store is not None:
-            summary.delivered_wait = _wait_for_delivery(store, forwarder, wait_for_delivery)
+            summary.delivered_wait = _wait_for_delivery(store, sender, wait_for_delivery)
     finally:
-        stop.set()
         if sender is not None:
-            sender.join(timeout=60)
+            sender.stop()
     if store is not None:
         summary.end_stats = store.stats()
     return summary
@@ -229,7 +293,7 @@ def _replay_one(
     output: IO[bytes] | None,
     errors: IO[str],
     max_spool: int,
-    forwarder: Forwarder | None,
+    sender: Sender | None,
 ) -> None:
     name = checkpoint_name(path)
     done = 0
@@ -250,7 +314,7 @@ def _replay_one(
             if store is None:
                 _dry_run(chunk, translator, summary, output)
             else:
-                _wait_for_room(store, max_spool, forwarder)
+                _wait_for_room(store, max_spool, sender)
                 checkpoint = (name, {"file": str(path), "rows": consumed})
                 ingest(store, translator, chunk, source="mixpanel", dedup_ttl=dedup_ttl,
                        status=checkpoint, result=summary.result)  # fmt: skip
@@ -287,25 +351,33 @@ def _dry_run(
         output.write(b"".join(lines))  # one write per chunk, not per record
 
 
-def _wait_for_room(store: Store, max_spool: int, forwarder: Forwarder | None) -> None:
+def _refused(store: Store) -> dict[str, Any] | None:
+    """The forwarder's published refusal (Miso refuses the key), if any."""
+    status = store.get_status(MISO_STATUS)
+    return status if status is not None and not status.get("ready", True) else None
+
+
+def _wait_for_room(store: Store, max_spool: int, sender: Sender | None) -> None:
     """Backpressure: while Miso is slower than the file, let the spool drain first."""
-    if forwarder is None:
+    if sender is None:
         return
     while store.stats()["spool"] >= max_spool:
-        if forwarder.paused_until > time.time():
+        if _refused(store) is not None:
             return  # Miso refuses the key: keep storing; nothing is lost, it waits
+        sender.check()
         time.sleep(0.2)
 
 
-def _wait_for_delivery(store: Store, forwarder: Forwarder | None, limit: float) -> str:
+def _wait_for_delivery(store: Store, sender: Sender, limit: float) -> str:
     """Wait until the spool is empty, or Miso refuses the key, or ``limit`` seconds pass."""
     deadline = time.monotonic() + limit
     while True:
+        sender.check()
         stats = store.stats()
         if stats["spool"] == 0:
             return "delivered: everything accepted has reached Miso"
-        status = store.get_status(MISO_STATUS)
-        if status is not None and not status.get("ready", True):
+        status = _refused(store)
+        if status is not None:
             return (
                 f"NOT delivered: {stats['spool']:,} records wait in the spool: {status['reason']}."
                 " Fix the key and run `miso-adapter forward` (or `serve`) to send them."

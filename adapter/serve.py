@@ -20,7 +20,7 @@ import time
 
 import gunicorn
 
-__all__ = ["gunicorn_command", "serve"]
+__all__ = ["gunicorn_command", "serve", "spawn"]
 
 log = logging.getLogger("adapter.serve")
 
@@ -37,6 +37,11 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child before e
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     except OSError:
         pass  # not Linux: children outlive a killed supervisor, as with any supervisor
+
+
+def spawn(command: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
+    """Start a child process that dies with this one (Linux), even on ``kill -9``."""
+    return subprocess.Popen(command, env=env, preexec_fn=_die_with_parent)
 
 
 def gunicorn_command(bind: str, workers: int, threads: int) -> list[str]:
@@ -66,7 +71,7 @@ class _Child:
         self.next_start = 0.0
 
     def start(self) -> None:
-        self.process = subprocess.Popen(self.command, preexec_fn=_die_with_parent)
+        self.process = spawn(self.command)
         log.info("started %s (pid %d)", self.name, self.process.pid)
 
     def check(self, now: float) -> None:
