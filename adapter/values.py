@@ -179,6 +179,10 @@ def to_timestamp(value: Any) -> str | None:
 
     ISO text without an offset is taken as UTC (Segment always sends UTC).
     """
+    if value.__class__ is float and _MIN_EPOCH <= value <= _MS_THRESHOLD:
+        # Epoch seconds, as the Mixpanel normaliser hands them over: the hot path.
+        millis = round(value * 1000)
+        return (_EPOCH + timedelta(milliseconds=millis)).isoformat(timespec="milliseconds") + "Z"
     if isinstance(value, str):
         if _CANONICAL_TS.match(value):
             return value
