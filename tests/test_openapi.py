@@ -69,6 +69,7 @@ def test_answers_match_their_documented_schemas(client):
                                                      "product_id": "p"}}  # fmt: skip
     cases = [
         ("Ingest", client.post("/segment", json=view)),
+        ("Ingest", client.post("/segment", json=[view, {**view, "event": "Unmapped"}, 7])),
         ("Success", client.post("/v1/track", json=view)),
         ("MixpanelIngest", client.post("/mixpanel", data=orjson.dumps(row),
                                        content_type="application/x-ndjson")),
