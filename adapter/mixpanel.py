@@ -296,6 +296,11 @@ class Normalizer:
 
         Without an ``$insert_id``, a hash of the event's content (system properties
         excluded, keys sorted) stands in, as Mixpanel's import docs recommend.
+
+        The key starts with the event's time (hex seconds, as exported, before any
+        time-zone correction): exports run in time order, so a chunk's keys land
+        side by side in the store's dedup index instead of on a thousand random
+        pages (a random 128-bit key per event wrote ~4 KB of index pages each).
         """
         distinct = props.get("distinct_id")
         insert_id = props.get("$insert_id")
@@ -307,7 +312,8 @@ class Normalizer:
             orjson.dumps(identity, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS),
             digest_size=16,
         ).hexdigest()
-        return f"mixpanel:{digest}"
+        seconds = int(self._epoch(raw_time, local_time=False) or 0)
+        return f"mixpanel:{seconds:010x}:{digest}"
 
 
 def _anonymous_id(value: Any) -> str | None:
