@@ -55,6 +55,7 @@ def gunicorn_command(bind: str, workers: int, threads: int) -> list[str]:
         "--timeout", "30",
         "--graceful-timeout", "20",
         "--keep-alive", "5",
+        "--config", "python:adapter.gunicorn_conf",
         *_NO_CONTROL_SOCKET,
         "adapter:create_app()",
     ]  # fmt: skip

@@ -379,3 +379,20 @@ def test_kill_9_loses_nothing_that_got_a_200(tmp_path, miso):
             time.sleep(0.2)
     finally:
         service.stop()
+
+
+def test_gunicorn_workers_get_a_short_switch_interval():
+    """serve loads adapter.gunicorn_conf, whose worker hook shortens the GIL switch interval."""
+    import sys as _sys
+
+    from adapter import gunicorn_conf
+    from adapter.serve import gunicorn_command
+
+    command = gunicorn_command("127.0.0.1:0", 2, 4)
+    assert command[command.index("--config") + 1] == "python:adapter.gunicorn_conf"
+    before = _sys.getswitchinterval()
+    try:
+        gunicorn_conf.post_worker_init(object())
+        assert _sys.getswitchinterval() == pytest.approx(0.001)
+    finally:
+        _sys.setswitchinterval(before)
