@@ -1,15 +1,18 @@
 """Benchmark: signed Segment webhooks over HTTP, the service against a bare Flask floor.
 
     python bench/webhook.py [--seconds 20] [--connections 16] [--workers 2] [--threads 4]
+                            [--batch 1000]
 
 Needs ``wrk`` (Debian: ``apt-get install -y wrk``). In one run, on the same gunicorn
 settings, it measures:
 
 * floor: a bare Flask app (``floor_app`` below) whose one ``POST /segment`` route reads
-  the body and answers ``{"ok": true}``, served by gunicorn with the very command line
-  ``miso-adapter serve`` uses (``adapter.serve.gunicorn_command``, only the app target
-  swapped, so the settings cannot drift): the least any Flask service on gunicorn can do
-  per request, HTTP parsing and keep-alive included;
+  the body, parses it with ``orjson`` and answers ``{"ok": true}``, served by gunicorn
+  with the very command line ``miso-adapter serve`` uses
+  (``adapter.serve.gunicorn_command``, only the app target swapped, so the settings
+  cannot drift): the least any Flask service on gunicorn can do per request, HTTP
+  parsing and keep-alive included (the JSON parse is a few microseconds for a single
+  message, and a real share of the floor for a 1,000-message array);
 * adapter: ``miso-adapter serve`` itself, as in production: a fresh SQLite store in a temp
   folder, ``SEGMENT_SHARED_SECRET`` set (every request's signature is checked), and the
   forwarder sending to a ``FakeMiso(validate=False)`` running in this process. Each 200
@@ -22,10 +25,21 @@ analytics.js ``track`` "Product Viewed" of about 1 KB with its context, each wit
 ``messageId`` (repeats would be answered as cheap duplicates) and its correct
 ``X-Signature``. They are generated up front into a temp file that ``bench/
 wrk_requests.lua`` loads, so the client spends no time on JSON or HMAC; each request is
-sent once (the script warns if a run used them all up: raise --bodies). ``--connections``
-keep-alive clients send as fast as answers come back (closed loop), first for
-``--warmup`` seconds, not counted, then for ``--seconds``. The warm-up and the measured
-run use different messages.
+sent once to the adapter (the script warns if a run used them all up: raise --bodies);
+the floor starts from the first body each run and may cycle through them.
+``--connections`` keep-alive clients send as fast as answers come back (closed loop),
+first for ``--warmup`` seconds, not counted, then for ``--seconds``. The warm-up and the
+measured run use different messages.
+
+With ``--batch N`` (N > 1) each request is instead a Webhooks (Actions) batch: a bare JSON
+array of N such messages, every one with its own ``messageId``, written as
+``JSON.stringify`` writes it, and ``X-Signature`` the HMAC-SHA1 of ``JSON.stringify`` of
+the first element, as Segment signs batches (``adapter.segment.signature_ok``). To keep
+a run's gigabytes of unique bodies out of memory, ``bench/wrk_batches.lua`` assembles each
+request from a pre-signed first message and one shared text of the other N-1 messages
+whose messageIds it stamps with the request's number. The default is then 8 connections,
+one per gunicorn thread (2 workers x 4): a 1 MB request keeps a thread busy for tens of
+milliseconds, so more connections only queue, which adds latency and no throughput.
 
 How the connections meet the workers: wrk opens all its connections at once, and a
 keep-alive connection stays with the gunicorn worker that accepted it. Often (a third to
@@ -46,11 +60,12 @@ from the servers. The servers use both cores, as in production. Pinning wrk to o
 the same, which is not worth a Linux-only wrapper. FakeMiso's share (taking the
 forwarder's 1,000-record POSTs) falls on the adapter's run only; it is small.
 
-Prints requests/s, p50 and p99 latency (from wrk's own histogram, via the script's
-``done``) and non-2xx answers (wrk counts statuses >= 400) for both, and the adapter's
-requests/s as a fraction of the floor's. Then, as a check that the adapter's 200s were
-real, it waits (up to 30 s) for FakeMiso to receive one record per acknowledged request:
-each message makes exactly one ``product_detail_page_view``. Exit status: 0, or 1 when a
+Prints requests/s, events/s (messages in 2xx-answered requests per second), p50 and p99
+latency per request (from wrk's own histogram, via the script's ``done``) and non-2xx
+answers (wrk counts statuses >= 400) for both, and the adapter's requests/s as a
+fraction of the floor's. Then, as a check that the adapter's 200s were real, it waits (up
+to 30 s) for FakeMiso to receive one record per acknowledged message: each message makes
+exactly one ``product_detail_page_view``. Exit status: 0, or 1 when a
 check failed (non-2xx answers, socket errors, records missing), 2 when wrk is missing.
 """
 
@@ -72,6 +87,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,9 +95,13 @@ import orjson
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(BENCH))
+sys.path.insert(1, str(ROOT))
+
+from common import BenchError, CountingMiso  # noqa: E402
 
 LUA = BENCH / "wrk_requests.lua"
+LUA_BATCHES = BENCH / "wrk_batches.lua"
 SECRET = "bench-segment-shared-secret"
 API_KEY = "bench-miso-key"
 APP_TARGET = "adapter:create_app()"
@@ -89,14 +109,16 @@ FLOOR_TARGET = "webhook:floor_app()"  # this module, imported with bench/ on PYT
 
 
 def floor_app():
-    """The floor: a bare Flask app that reads a POST /segment body and answers {"ok": true}."""
+    """The floor: a bare Flask app whose POST /segment reads and parses the body, answers ok."""
     from flask import Flask, jsonify, request
 
     app = Flask("floor")
 
     @app.post("/segment")
     def segment():
-        request.get_data()
+        # Parsed as well as read: no service can do anything with a body it has not
+        # parsed, and for a 1,000-message array the parse is a real share of the floor.
+        orjson.loads(request.get_data())
         return jsonify(ok=True)
 
     return app
@@ -176,6 +198,41 @@ def write_requests(path: Path, count: int, secret: str) -> int:
     return total
 
 
+PLACEHOLDER = "@@@@@@@@"  # replaced per request by wrk_batches.lua (8 hex digits)
+
+
+def write_batches(heads: Path, rest: Path, count: int, batch: int, secret: str) -> int:
+    """Write what wrk_batches.lua needs for ``count`` arrays of ``batch`` messages.
+
+    ``heads``: one ``SIGNATURE FIRST-MESSAGE`` line per request, the signature being the
+    HMAC-SHA1 of ``JSON.stringify`` of that first message, as Segment signs a Webhooks
+    (Actions) batch; ``rest``: the other ``batch - 1`` messages, comma-separated, each
+    messageId holding :data:`PLACEHOLDER`. Written as ``JSON.stringify`` would (``89``,
+    not ``89.0``), byte for byte what Segment sends. Returns the bytes of one request body.
+    """
+    from adapter.segment import js_stringify
+
+    rng = random.Random(20241127)
+    key = secret.encode()
+    others = []
+    for index in range(1, batch):
+        message = make_message(rng, index)
+        message["messageId"] = f"ajs-next-{PLACEHOLDER}-{index:04d}-{rng.getrandbits(32):08x}"
+        others.append(js_stringify(message))
+    text = ",".join(others).encode()
+    rest.write_bytes(text)
+    size = 0
+    with heads.open("wb") as out:
+        for index in range(count):
+            message = make_message(rng, index)
+            message["messageId"] = f"ajs-head-{index:08d}-{rng.getrandbits(64):016x}"
+            head = js_stringify(message).encode()
+            signature = hmac.new(key, head, hashlib.sha1).hexdigest().encode()
+            out.write(signature + b" " + head + b"\n")
+            size = len(head)
+    return 2 + size + (1 + len(text) if text else 0)  # "[" head "," rest "]"
+
+
 # --------------------------------------------------------------------------- processes
 
 
@@ -223,7 +280,7 @@ def wait_ready(service: Group, port: int, method: str, path: str, timeout: float
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if not service.alive():
-            sys.exit(f"error: {service.name} exited early:\n{service.tail()}")
+            raise BenchError(f"{service.name} exited early:\n{service.tail()}")
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
         try:
             body = b"{}" if method == "POST" else None
@@ -235,7 +292,7 @@ def wait_ready(service: Group, port: int, method: str, path: str, timeout: float
         finally:
             conn.close()
         time.sleep(0.2)
-    sys.exit(f"error: {service.name} not ready after {timeout:.0f}s:\n{service.tail()}")
+    raise BenchError(f"{service.name} not ready after {timeout:.0f}s:\n{service.tail()}")
 
 
 @dataclass
@@ -285,11 +342,14 @@ def run_wrk(
     """
     threads = args.wrk_threads
     url = f"http://127.0.0.1:{port}/segment"
+    script, extra = LUA, []
+    if args.batch > 1:
+        script, extra = LUA_BATCHES, [str(args.rest_file)]
     command = [
         "wrk", "--threads", str(threads), "--connections", str(args.connections),
         "--duration", f"{max(1, round(seconds))}s", "--timeout", "10s", "--latency",
-        "--script", str(LUA), url,
-        "--", str(args.requests_file), str(first), str(args.bodies), str(threads),
+        "--script", str(script), url,
+        "--", str(args.requests_file), str(first), str(args.bodies), str(threads), *extra,
     ]  # fmt: skip
     wrk = Group("wrk", command, log)
     split: list[int] | None = None  # connections per worker, once all are seen
@@ -314,7 +374,7 @@ def run_wrk(
     output = log.read_text(errors="replace")
     found = re.findall(r"^WRK_JSON (\{.*\})$", output, re.MULTILINE)
     if code != 0 or not found:
-        sys.exit(f"error: wrk failed (exit {code}):\n{output[-3000:]}")
+        raise BenchError(f"wrk failed (exit {code}):\n{output[-3000:]}")
     r = orjson.loads(found[-1])
     return Load(
         requests=r["requests"],
@@ -333,12 +393,17 @@ def run_wrk(
     )
 
 
-def load_service(name: str, port: int, args: argparse.Namespace, logs: Path) -> list[Load]:
+def load_service(
+    name: str, port: int, args: argparse.Namespace, logs: Path, unique: bool
+) -> list[Load]:
     """Warm up, then measure; returns every run, the measured one last.
 
-    Each run starts after the last body the previous one took, so no message is sent
-    twice. A measured run whose connections all landed on fewer workers than there are is
-    stopped and drawn again, up to --redraws times (see the module docstring).
+    With ``unique``, each run starts after the last body the previous one took, so no
+    message is sent twice (the adapter would answer a repeat as a cheap duplicate). The
+    floor reads bodies and nothing more, so it starts at the first body every time and
+    may cycle through them. A measured run whose connections all landed on fewer workers
+    than there are is stopped and drawn again, up to --redraws times (see the module
+    docstring).
     """
     runs: list[Load] = []
     first = 0
@@ -347,13 +412,14 @@ def load_service(name: str, port: int, args: argparse.Namespace, logs: Path) -> 
         nonlocal first
         print(f"  {name}: {label} {seconds:g}s ...", file=sys.stderr, flush=True)
         load = run_wrk(port, seconds, args, first, logs / f"wrk-{name}-{len(runs)}.log", redraw)
-        if load.taken_max > load.available:
-            print(
-                f"  warning: {name} {label} ran out of unique bodies and repeated some; "
-                f"raise --bodies (now {args.bodies:,})",
-                file=sys.stderr,
-            )
-        first += args.wrk_threads * load.taken_max
+        if unique:
+            if load.taken_max > load.available:
+                print(
+                    f"  warning: {name} {label} ran out of unique bodies and repeated some; "
+                    f"raise --bodies (now {args.bodies:,})",
+                    file=sys.stderr,
+                )
+            first += args.wrk_threads * load.taken_max
         runs.append(load)
         return load
 
@@ -368,10 +434,13 @@ def load_service(name: str, port: int, args: argparse.Namespace, logs: Path) -> 
             f"of {args.workers} workers; stopped after {load.seconds:.1f}s, drawing again",
             file=sys.stderr,
         )
+        # The stopped draw's requests are still being served (8 arrays of 1,000 messages
+        # are most of a second of work): let them finish before the next draw's clock.
+        time.sleep(1.0)
     return runs
 
 
-def run_floor(args: argparse.Namespace, tmp: Path, stack) -> Load:
+def run_floor(args: argparse.Namespace, tmp: Path, stack: contextlib.ExitStack) -> Load:
     """Measure the floor app under ``serve``'s gunicorn settings."""
     port = free_port()
     command = [*gunicorn_for(args, port)[:-1], FLOOR_TARGET]
@@ -379,16 +448,39 @@ def run_floor(args: argparse.Namespace, tmp: Path, stack) -> Load:
     floor = Group("floor (gunicorn)", command, tmp / "floor.log", env=env, cwd=tmp)
     stack.callback(floor.stop)
     wait_ready(floor, port, "POST", "/segment")
-    load = load_service("floor", port, args, tmp)[-1]
+    load = load_service("floor", port, args, tmp, unique=False)[-1]
     floor.stop()
     return load
 
 
-def run_adapter(args: argparse.Namespace, tmp: Path, stack) -> tuple[Load, str]:
-    """Measure ``miso-adapter serve``; returns the measured run and the delivery check."""
-    from adapter.testing import FakeMiso
+@dataclass
+class Delivery:
+    """What FakeMiso received from the adapter against what it acknowledged (messages)."""
 
-    miso = stack.enter_context(FakeMiso(api_key=API_KEY, validate=False))
+    acked: int  # messages in 2xx-answered requests, warm-up included
+    ceiling: int  # messages in every request sent (some were in flight when wrk stopped)
+    received: int
+    waited: float
+
+    @property
+    def ok(self) -> bool:
+        return self.acked <= self.received <= self.ceiling
+
+    def __str__(self) -> str:
+        verdict = "ok" if self.ok else "MISMATCH"
+        return (
+            f"delivery check: {verdict}: FakeMiso received {self.received:,} records for "
+            f"{self.acked:,} acknowledged messages (warm-up included; at most "
+            f"{self.ceiling - self.acked:,} more may have been in flight when wrk stopped), "
+            f"after waiting {self.waited:.1f}s"
+        )
+
+
+def run_adapter(
+    args: argparse.Namespace, tmp: Path, stack: contextlib.ExitStack
+) -> tuple[Load, Delivery]:
+    """Measure ``miso-adapter serve``; returns the measured run and the delivery check."""
+    miso = stack.enter_context(CountingMiso(API_KEY))
     port = free_port()
     command = [
         sys.executable, "-m", "adapter.cli", "serve", "--bind", f"127.0.0.1:{port}",
@@ -405,38 +497,26 @@ def run_adapter(args: argparse.Namespace, tmp: Path, stack) -> tuple[Load, str]:
     adapter = Group("miso-adapter serve", command, tmp / "adapter.log", env=env, cwd=tmp)
     stack.callback(adapter.stop)
     wait_ready(adapter, port, "GET", "/healthz")
-    runs = load_service("adapter", port, args, tmp)
-    check = delivery_check(miso, runs)
+    runs = load_service("adapter", port, args, tmp, unique=True)
+    delivery = delivery_check(miso, runs, args.batch)
     adapter.stop()
-    return runs[-1], check
+    return runs[-1], delivery
 
 
-def delivery_check(miso, runs: list[Load], timeout: float = 30.0) -> str:
-    """Wait for FakeMiso to hold a record per acknowledged request; describe the outcome.
+def delivery_check(
+    miso: CountingMiso, runs: list[Load], batch: int, timeout: float = 30.0
+) -> Delivery:
+    """Wait for FakeMiso to hold a record per acknowledged message (each makes one).
 
-    Acknowledged: wrk's 2xx answers, warm-up included. A request still in flight when wrk
-    stopped may have been stored without being counted, so up to ``taken`` may arrive.
+    Acknowledged: the messages of wrk's 2xx answers, warm-up included. A request still in
+    flight when wrk stopped may have been stored without being counted, so up to
+    ``taken`` requests' worth may arrive. Done once all acknowledged arrived and nothing
+    more came for 3 s (stragglers), or after ``timeout`` seconds.
     """
-    acked = sum(load.ok for load in runs)
-    ceiling = sum(load.taken for load in runs)
-    start = deadline = time.monotonic()
-    deadline += timeout
-    received, last_change = len(miso.records), start
-    while time.monotonic() < deadline:
-        time.sleep(0.25)
-        now_received = len(miso.records)
-        if now_received != received:
-            received, last_change = now_received, time.monotonic()
-        # Done once all acknowledged arrived and nothing more came for 3 s (stragglers).
-        if received >= acked and time.monotonic() - last_change > 3:
-            break
-    waited = time.monotonic() - start
-    verdict = "ok" if acked <= received <= ceiling else "MISMATCH"
-    return (
-        f"delivery check: {verdict}: FakeMiso received {received:,} records for {acked:,} "
-        f"acknowledged requests (warm-up included; at most {ceiling - acked:,} more may have "
-        f"been in flight when wrk stopped), after waiting {waited:.1f}s"
-    )
+    acked = batch * sum(load.ok for load in runs)
+    ceiling = batch * sum(load.taken for load in runs)
+    received, waited = miso.wait_quiet(acked, timeout)
+    return Delivery(acked, ceiling, received, waited)
 
 
 def gunicorn_for(args: argparse.Namespace, port: int) -> list[str]:
@@ -445,8 +525,82 @@ def gunicorn_for(args: argparse.Namespace, port: int) -> list[str]:
 
     command = gunicorn_command(f"127.0.0.1:{port}", args.workers, args.threads)
     if command[-1] != APP_TARGET:
-        sys.exit(f"error: gunicorn_command() no longer ends with {APP_TARGET!r}: {command}")
+        raise BenchError(f"gunicorn_command() no longer ends with {APP_TARGET!r}: {command}")
     return command
+
+
+@dataclass
+class Result:
+    """One measurement: the floor and the adapter under the same load."""
+
+    floor: Load
+    adapter: Load
+    delivery: Delivery
+    batch: int  # messages per request
+    body_bytes: float  # average request body
+
+    @property
+    def ratio(self) -> float:
+        """The adapter's rate over the floor's (same bodies, same gunicorn settings)."""
+        return self.adapter.rate / self.floor.rate
+
+    def events_per_second(self, load: Load) -> float:
+        """Messages in 2xx-answered requests per second."""
+        return load.ok * self.batch / load.seconds
+
+    def failures(self) -> list[str]:
+        """Why this measurement cannot be trusted (empty when it can)."""
+        problems = [] if self.delivery.ok else [str(self.delivery)]
+        for label, load in (("floor", self.floor), ("adapter", self.adapter)):
+            if load.non_2xx or load.socket_errors:
+                problems.append(
+                    f"{label}: {load.non_2xx} non-2xx, {load.socket_errors} socket errors "
+                    "(connect/read/write/timeout)"
+                )
+        return problems
+
+
+@contextlib.contextmanager
+def cleanup_uninterrupted() -> Iterator[contextlib.ExitStack]:
+    """An ExitStack whose cleanup (stopping servers, removing files) Ctrl-C cannot cut short."""
+    stack = contextlib.ExitStack()
+    try:
+        yield stack
+    finally:
+        previous = {
+            signum: signal.signal(signum, signal.SIG_IGN)
+            for signum in (signal.SIGINT, signal.SIGTERM)
+        }
+        try:
+            stack.close()
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+
+
+def measure(args: argparse.Namespace) -> Result:
+    """Generate the load, then measure the floor and the adapter on it, one after the other."""
+    with cleanup_uninterrupted() as stack:
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-webhook-")))
+        args.requests_file = tmp / "requests.txt"
+        args.rest_file = tmp / "rest.json"
+        start = time.perf_counter()
+        if args.batch > 1:
+            size = write_batches(
+                args.requests_file, args.rest_file, args.bodies, args.batch, SECRET
+            )
+            what = f"arrays of {args.batch:,} messages"
+        else:
+            size = write_requests(args.requests_file, args.bodies, SECRET) / args.bodies
+            what = "single-message webhooks"
+        print(
+            f"generated {args.bodies:,} signed {what}, {size:,.0f} bytes a body on average, in "
+            f"{time.perf_counter() - start:.1f}s",
+            file=sys.stderr,
+        )
+        floor = run_floor(args, tmp, stack)
+        adapter, delivery = run_adapter(args, tmp, stack)
+    return Result(floor, adapter, delivery, args.batch, size)
 
 
 # --------------------------------------------------------------------------- main
@@ -456,67 +610,71 @@ def _terminate(signum: int, frame: object) -> None:
     raise SystemExit(128 + signum)  # unwinds through the cleanup below, as Ctrl-C does
 
 
-def run(args: argparse.Namespace, stack: contextlib.ExitStack) -> int:
-    tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-webhook-")))
-    args.requests_file = tmp / "requests.txt"
-    start = time.perf_counter()
-    size = write_requests(args.requests_file, args.bodies, SECRET)
-    print(
-        f"generated {args.bodies:,} signed webhooks, {size / args.bodies:,.0f} bytes a body on "
-        f"average, in {time.perf_counter() - start:.1f}s",
-        file=sys.stderr,
-    )
-    floor = run_floor(args, tmp, stack)
-    adapter, check = run_adapter(args, tmp, stack)
-
+def report(result: Result, args: argparse.Namespace) -> int:
+    """Print the table and the checks; returns the exit status (1 when a check failed)."""
     cpus = os.cpu_count()
+    what = (
+        f"arrays of {result.batch:,} messages (Webhooks (Actions))"
+        if result.batch > 1
+        else "single-message webhooks"
+    )
     print()
     print(
         f"gunicorn: {args.workers} workers x {args.threads} threads (gthread, keep-alive 5), "
         f"{cpus} CPUs; wrk: {args.wrk_threads} thread(s), {args.connections} keep-alive "
         f"connections, {args.seconds:g}s after a {args.warmup:g}s warm-up; "
-        f"~{size / args.bodies / 1000:.1f} KB signed single-message webhooks"
+        f"~{result.body_bytes / 1000:,.1f} KB signed {what}"
     )
     print(
-        f"{'work':<38}{'requests/s':>11}{'p50 ms':>8}{'p99 ms':>8}{'non-2xx':>8}"
-        f"{'conns/worker':>14}"
+        f"{'work':<38}{'requests/s':>11}{'events/s':>10}{'p50 ms':>8}{'p99 ms':>8}"
+        f"{'non-2xx':>8}{'conns/worker':>14}"
     )
     rows = (
-        ("floor: bare Flask, read body, {ok}", floor),
-        ("adapter: verify, translate, SQLite", adapter),
+        ("floor: bare Flask, read+parse, {ok}", result.floor),
+        ("adapter: verify, translate, SQLite", result.adapter),
     )
     for label, load in rows:
         split = "/".join(map(str, load.split)) if load.split else "?"
         split += " (!)" if load.lopsided else ""
         print(
-            f"{label:<38}{load.rate:>11,.0f}{load.p50_ms:>8.2f}{load.p99_ms:>8.2f}"
-            f"{load.non_2xx:>8,}{split:>14}"
+            f"{label:<38}{load.rate:>11,.0f}{result.events_per_second(load):>10,.0f}"
+            f"{load.p50_ms:>8.2f}{load.p99_ms:>8.2f}{load.non_2xx:>8,}{split:>14}"
         )
-    print(f"ratio adapter/floor (requests/s): {adapter.rate / floor.rate:.2f}")
-    if floor.lopsided or adapter.lopsided:
+    print(f"ratio adapter/floor (requests/s): {result.ratio:.2f}")
+    if result.floor.lopsided or result.adapter.lopsided:
         print(
             "(!) some worker had no connection in every draw: that row measured fewer "
             "workers than configured"
         )
-    print(check)
-    failed = "MISMATCH" in check
-    for label, load in rows:
-        if load.non_2xx or load.socket_errors:
-            failed = True
-            print(f"check failed: {label}: {load.non_2xx} non-2xx, {load.socket_errors} "
-                  "socket errors (connect/read/write/timeout)")  # fmt: skip
-    return 1 if failed else 0
+    print(result.delivery)
+    problems = result.failures()
+    for problem in problems:
+        print(f"check failed: {problem}")
+    return 1 if problems else 0
 
 
-def main() -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """This script's options (``python -m bench`` builds its runs from them too)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=20, help="measured seconds per server")
     parser.add_argument("--warmup", type=float, default=3, help="warm-up seconds, not counted")
-    parser.add_argument("--connections", type=int, default=16, help="keep-alive clients")
+    parser.add_argument(
+        "--batch",
+        type=int,
+        default=1,
+        help="messages per request: 1 (single messages) or more (Webhooks (Actions) arrays)",
+    )
+    parser.add_argument(
+        "--connections", type=int, help="keep-alive clients (default 16; 8 with --batch > 1)"
+    )
     parser.add_argument("--workers", type=int, default=2, help="gunicorn worker processes")
     parser.add_argument("--threads", type=int, default=4, help="threads per worker")
     parser.add_argument("--wrk-threads", type=int, default=1, help="wrk's threads")
-    parser.add_argument("--bodies", type=int, default=300_000, help="unique webhooks to make")
+    parser.add_argument(
+        "--bodies",
+        type=int,
+        help="unique requests to make (default 300,000; 4,000 with --batch > 1)",
+    )
     parser.add_argument(
         "--synchronous",
         choices=["full", "normal"],
@@ -526,27 +684,42 @@ def main() -> int:
     parser.add_argument(
         "--redraws", type=int, default=10, help="new tries when the connections miss a worker"
     )
-    args = parser.parse_args()
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Parse and complete the options (defaults that depend on --batch)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.connections is None:
+        args.connections = 16 if args.batch == 1 else 8
+    if args.bodies is None:
+        args.bodies = 300_000 if args.batch == 1 else 4_000
+    if args.connections < args.wrk_threads or min(args.workers, args.threads, args.batch) < 1:
+        parser.error("need --workers, --threads, --batch >= 1 and --connections >= --wrk-threads")
+    return args
+
+
+WRK_MISSING = (
+    "this benchmark needs wrk (https://github.com/wg/wrk) on PATH.\n"
+    "  Debian/Ubuntu: apt-get install -y wrk    macOS: brew install wrk"
+)
+
+
+def main() -> int:
+    args = parse_args()
     if shutil.which("wrk") is None:
-        print(
-            "error: this benchmark needs wrk (https://github.com/wg/wrk) on PATH.\n"
-            "  Debian/Ubuntu: apt-get install -y wrk    macOS: brew install wrk",
-            file=sys.stderr,
-        )
+        print(f"error: {WRK_MISSING}", file=sys.stderr)
         return 2
-    if args.connections < args.wrk_threads or min(args.workers, args.threads) < 1:
-        parser.error("need --workers, --threads >= 1 and --connections >= --wrk-threads")
     signal.signal(signal.SIGTERM, _terminate)
-    with contextlib.ExitStack() as stack:
-        try:
-            return run(args, stack)
-        except KeyboardInterrupt:
-            print("\ninterrupted: stopping servers and removing temp files", file=sys.stderr)
-            return 130
-        finally:
-            # No second Ctrl-C half way through the cleanup that the stack does next.
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
-            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        return report(measure(args), args)
+    except BenchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\ninterrupted: servers stopped, temp files removed", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -1,0 +1,300 @@
+"""Benchmark: `miso-adapter forward --until-empty` draining a full spool, against a floor.
+
+    python bench/drain.py [--records 1000000] [--runs 1] [--seed 20240501]
+
+Fills a fresh SQLite store (``adapter.store.sqlite.SqliteStore.accept``, 10,000 records
+a transaction) with ``--records`` realistic, valid Miso records of about 450 bytes: the
+shape ``mappings/segment.yaml`` gives analytics.js events (context with page, campaign,
+locale, user agent and truncated IP), a mix of types (product views, home and category
+pages, carts, checkouts with revenue and quantities, searches, wishlists, ratings,
+videos), a third of them with both ids, each with its own product id or keywords. Then,
+for each run, on a fresh copy of that file, one after the other:
+
+* floor: this script with ``--floor``: reads the same bodies out of SQLite in id order,
+  1,000 rows a page (keyset pagination), and POSTs each page as ``{"data": [...]}`` to
+  the same fake Miso with one ``requests`` keep-alive session: no leases, no
+  validation, no acks: the least any forwarder must do;
+* drain: ``miso-adapter forward --until-empty`` (``ADAPTER_STORE`` pointing at the copy,
+  ``synchronous=FULL`` as in production): lease a batch, validate each record, send,
+  delete what Miso took, until the spool is empty; exit 0 means it is.
+
+Both are subprocesses timed from start to exit (interpreter start included) and send to
+one ``FakeMiso(validate=False)`` in this process, which counts records and forgets them
+(see ``common.CountingMiso``). Each run checks that the fake received exactly
+``--records`` records from each. On a 2-core machine the fake (parsing every 1,000-record
+POST) shares the CPU with the sender, for the floor and the drain alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import random
+import shutil
+import sqlite3
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+BENCH = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH))
+sys.path.insert(1, str(BENCH.parent))
+
+from common import (  # noqa: E402
+    MISO_KEY,
+    BenchError,
+    CountingMiso,
+    Run,
+    check,
+    clean_env,
+    cli,
+    median,
+    run,
+)
+
+FILL_BATCH = 10_000
+PAGE = 1_000  # the forwarder's batch size, and Miso's SDK's
+
+# (type, weight): roughly what a shop's Segment stream becomes once translated.
+_MIX = [
+    ("product_detail_page_view", 34),
+    ("home_page_view", 10),
+    ("category_page_view", 10),
+    ("add_to_cart", 10),
+    ("remove_from_cart", 2),
+    ("checkout", 5),
+    ("search", 12),
+    ("add_to_collection", 3),
+    ("rate", 2),
+    ("watch", 2),
+]
+_TYPES = [t for t, _ in _MIX]
+_WEIGHTS = [w for _, w in _MIX]
+_PATHS = {
+    "home_page_view": "/",
+    "category_page_view": "/c/shoes",
+    "search": "/search",
+    "checkout": "/checkout/done",
+}
+_AGENTS = [
+    "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/537.36 (KHTML, like Gecko) "
+    "Chrome/124.0.0.0 Safari/537.36",
+    "Mozilla/5.0 (iPhone; CPU iPhone OS 17_4 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like "
+    "Gecko) Version/17.4 Mobile/15E148 Safari/604.1",
+    "Mozilla/5.0 (Windows NT 10.0; Win64; x64; rv:126.0) Gecko/20100101 Firefox/126.0",
+]
+_REFERRERS = ["https://www.google.com/", "https://www.facebook.com/", None]
+_QUERIES = ["trail shoes", "rain jacket", "wool socks", "running", "tent 2 person"]
+
+
+def make_record(rng: random.Random, index: int) -> dict[str, Any]:
+    """One valid Miso record, as the adapter translates an analytics.js event."""
+    kind = rng.choices(_TYPES, _WEIGHTS)[0]
+    product = f"p-{index}"
+    path = _PATHS.get(kind, f"/products/{product}")
+    stamp = (
+        f"2024-05-{1 + index % 28:02d}T{index % 24:02d}:{index % 60:02d}:"
+        f"{rng.randrange(60):02d}.{rng.randrange(1000):03d}Z"
+    )
+    page: dict[str, Any] = {"url": f"https://shop.example.com{path}", "title": "Acme Shop"}
+    referrer = _REFERRERS[rng.randrange(3)]
+    if referrer:
+        page["referrer"] = referrer
+    record: dict[str, Any] = {"type": kind}
+    if rng.random() < 0.35:
+        record["user_id"] = f"u_{rng.randint(1, 50_000)}"
+    record["anonymous_id"] = f"{rng.getrandbits(128):032x}"
+    record["timestamp"] = stamp
+    record["context"] = {
+        "locale": "en-US",
+        "user_agent": _AGENTS[rng.randrange(len(_AGENTS))],
+        "truncated_ip": f"203.0.{rng.randrange(256)}.0",
+        "page": page,
+        "campaign": {"name": "spring_sale", "source": "google", "medium": "cpc"},
+    }
+    if kind == "category_page_view":
+        record["category"] = ["Shoes", "Trail"]
+    elif kind == "search":
+        record["search"] = {"keywords": f"{_QUERIES[rng.randrange(5)]} q-{index}"}
+    elif kind == "checkout":
+        items = 1 + rng.randrange(3)
+        record["product_ids"] = [f"{product}.{k}" for k in range(items)]
+        record["quantities"] = [1 + rng.randrange(2) for _ in range(items)]
+        record["revenue"] = round(89.0 * items, 2)
+    elif kind != "home_page_view":
+        record["product_ids"] = [product]
+        if kind == "add_to_cart":
+            record["quantities"] = [1 + rng.randrange(3)]
+        elif kind == "rate":
+            record["rating"] = 1 + rng.randrange(5)
+        elif kind == "watch":
+            record["duration"] = rng.randint(10, 600)
+    return record
+
+
+def fill(path: Path, count: int, seed: int) -> float:
+    """Write ``count`` records into a fresh store at ``path``; returns average body bytes.
+
+    Checks the first records against the Miso model first: an invalid one would be
+    dead-lettered by the forwarder and the benchmark would measure the wrong thing.
+    """
+    from adapter.records import record_errors
+    from adapter.store import Incoming
+    from adapter.store.sqlite import SqliteStore
+
+    rng = random.Random(seed)
+    # synchronous=normal: the fill is set-up, not measured; the drain opens its own FULL.
+    store = SqliteStore(path, synchronous="normal")
+    dumps = orjson.dumps
+    total = 0
+    try:
+        for start in range(0, count, FILL_BATCH):
+            records = [make_record(rng, i) for i in range(start, min(count, start + FILL_BATCH))]
+            if start == 0:
+                for record in records[:2000]:
+                    problems = record_errors(record)
+                    if problems:
+                        raise BenchError(f"generated an invalid record {record}: {problems}")
+            bodies = [dumps(record) for record in records]
+            total += sum(map(len, bodies))
+            store.accept([Incoming(dedup_key=None, records=bodies, source="bench")], 0)
+    finally:
+        store.close()
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        kinds = dict(conn.execute("SELECT kind, COUNT(*) FROM spool GROUP BY kind").fetchall())
+    if kinds != {"record": count}:
+        raise BenchError(f"the filled spool holds {kinds}, not {count:,} records")
+    return total / max(count, 1)
+
+
+def copy_store(source: Path, target: Path) -> None:
+    """A fresh copy of a closed store (with its WAL, if SQLite left one)."""
+    for suffix in ("", "-wal"):
+        if Path(f"{source}{suffix}").exists():
+            shutil.copyfile(f"{source}{suffix}", f"{target}{suffix}")
+
+
+def floor(db: Path, url: str, key: str) -> int:
+    """Read every spooled body in id order, 1,000 a page, and POST each page (via --floor)."""
+    import requests
+
+    conn = sqlite3.connect(db)
+    session = requests.Session()
+    headers = {"X-API-KEY": key, "Content-Type": "application/json"}
+    target = f"{url}/v1/interactions"
+    columns = {row[1] for row in conn.execute("PRAGMA table_info(spool)")}
+    # The store keeps bodies in the spool row (schema 1) or in a `bodies` table keyed by
+    # the spool id (schema 2): read them wherever this adapter version puts them.
+    table = "spool" if "body" in columns else "bodies"
+    # A range scan of the primary key. (With "kind = 'record'" added, SQLite picked the
+    # spool_ready index and sorted every remaining row for each page: quadratic, 8k
+    # records/s at 1M.) The filled spool holds records only: fill() checks it.
+    query = f"SELECT id, body FROM {table} WHERE id > ? ORDER BY id LIMIT ?"
+    last, sent = 0, 0
+    while True:
+        rows = conn.execute(query, (last, PAGE)).fetchall()
+        if not rows:
+            break
+        payload = b'{"data":[' + b",".join(body for _, body in rows) + b"]}"
+        response = session.post(target, data=payload, headers=headers, timeout=30)
+        response.raise_for_status()
+        last = rows[-1][0]
+        sent += len(rows)
+    conn.close()
+    return sent
+
+
+def has_until_empty() -> bool:
+    """Does this adapter's ``forward`` take ``--until-empty``?"""
+    result = run(cli("forward", "--help"), clean_env())
+    return "--until-empty" in result.stdout
+
+
+@dataclass
+class DrainRun:
+    """One run: the floor's and the drain's subprocess."""
+
+    floor: Run
+    drain: Run
+
+
+def measure(template: Path, count: int, miso: CountingMiso) -> DrainRun:
+    """Floor, then the real drain on a fresh copy of ``template``; both checked."""
+    miso.zero()
+    base = run([sys.executable, str(Path(__file__).resolve()), "--floor", str(template),
+                miso.url, MISO_KEY])  # fmt: skip
+    check("drain floor", base)
+    if miso.delivered != count:
+        raise BenchError(f"floor: FakeMiso received {miso.delivered:,} records of {count:,}")
+    with tempfile.TemporaryDirectory(prefix="bench-drain-", dir=template.parent) as tmp:
+        db = Path(tmp) / "adapter.db"
+        copy_store(template, db)
+        miso.zero()
+        env = clean_env(
+            ADAPTER_STORE=f"sqlite:///{db.resolve()}", MISO_API_URL=miso.url, MISO_API_KEY=MISO_KEY
+        )
+        result = run(cli("forward", "--until-empty"), env)
+        check("forward --until-empty", result)
+        if miso.delivered != count:
+            raise BenchError(
+                f"forward --until-empty: FakeMiso received {miso.delivered:,} records of {count:,}"
+            )
+    return DrainRun(base, result)
+
+
+def prepare(folder: Path, count: int, seed: int) -> tuple[Path, float, float]:
+    """Fill the template store; returns its path, average record bytes and seconds taken."""
+    if not has_until_empty():
+        raise BenchError(
+            "this adapter's `miso-adapter forward` has no --until-empty option yet: "
+            "the drain row needs it"
+        )
+    path = folder / "template.db"
+    start = time.perf_counter()
+    average = fill(path, count, seed)
+    return path, average, time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--records", type=int, default=1_000_000)
+    parser.add_argument("--runs", type=int, default=1, help="runs of each (medians shown)")
+    parser.add_argument("--seed", type=int, default=20240501)
+    parser.add_argument("--floor", nargs=3, help=argparse.SUPPRESS)  # DB URL KEY
+    args = parser.parse_args()
+    if args.floor is not None:
+        db, url, key = args.floor
+        print(floor(Path(db), url, key))
+        return
+    runs: list[DrainRun] = []
+    try:
+        with tempfile.TemporaryDirectory(prefix="bench-drain-") as tmp, CountingMiso() as miso:
+            template, average, took = prepare(Path(tmp), args.records, args.seed)
+            print(f"filled {args.records:,} records, {average:.0f} bytes each on average, "
+                  f"in {took:.1f}s", file=sys.stderr)  # fmt: skip
+            for _ in range(args.runs):
+                runs.append(measure(template, args.records, miso))
+    except BenchError as exc:
+        sys.exit(f"error: {exc}")
+    print(f"spool: {args.records:,} records, ~{average:.0f} bytes each; median of {args.runs}")
+    print(f"{'work':<44}{'records/s':>11}{'seconds':>10}{'ratio':>8}{'peak RSS MB':>13}")
+    for label, picked in (
+        ("floor: SQLite pages + POST, keep-alive", [r.floor for r in runs]),
+        ("forward --until-empty", [r.drain for r in runs]),
+    ):
+        seconds = median([r.seconds for r in picked])
+        ratio = median([p.seconds / r.floor.seconds for p, r in zip(picked, runs, strict=True)])
+        peak = max(r.peak_mb for r in picked)
+        print(
+            f"{label:<44}{args.records / seconds:>11,.0f}{seconds:>10.2f}{ratio:>7.1f}x"
+            f"{peak:>13,.0f}"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,96 @@
+-- wrk script for bench/webhook.py --batch N: POSTs signed Webhooks (Actions) arrays.
+--
+--   wrk ... --script bench/wrk_batches.lua URL -- HEADS FIRST LAST NTHREADS REST
+--
+-- A Webhooks (Actions) batch is a JSON array of N messages whose X-Signature covers only
+-- JSON.stringify of the first one. HEADS holds one line per request: the 40 hex digits of
+-- that signature, one space, the first message (each with its own messageId). REST holds
+-- the other N-1 messages, comma-separated, each messageId carrying the placeholder
+-- "@@@@@@@@". Request i is "[" .. head i .. "," .. REST .. "]" with every placeholder
+-- replaced by i in 8 hex digits, so every message of every request has its own messageId
+-- (a repeated one would be answered as a cheap duplicate), and the client computes no
+-- JSON and no HMAC. Thread k (of NTHREADS) sends heads FIRST+k, FIRST+k+NTHREADS, ...
+-- below LAST, each once; only if it runs out does it start its share again. `done`
+-- prints the same WRK_JSON line as wrk_requests.lua.
+
+local threads = {}
+
+function setup(thread)
+   thread:set("id", #threads)
+   table.insert(threads, thread)
+end
+
+function init(args)
+   local path = args[1]
+   local first, last, nthreads = tonumber(args[2]), tonumber(args[3]), tonumber(args[4])
+   signatures, heads, tokens = {}, {}, {}
+   local index = 0
+   for line in io.lines(path) do
+      if index >= last then
+         break
+      end
+      if index >= first and (index - first) % nthreads == id then
+         signatures[#signatures + 1] = line:sub(1, 40)
+         heads[#heads + 1] = line:sub(42)
+         tokens[#tokens + 1] = string.format("%08x", index)
+      end
+      index = index + 1
+   end
+   if #heads == 0 then
+      error("wrk_batches.lua: no requests for thread " .. id .. " in " .. path)
+   end
+   local file = assert(io.open(args[5], "rb"))
+   local rest = file:read("*a")
+   file:close()
+   -- parts = {"[", head, ",", piece1, token, piece2, token, ..., pieceN, "]"}: the
+   -- head and token slots are filled in per request, then one table.concat.
+   parts = { "[", "", "," }
+   slots = {}
+   local start = 1
+   while true do
+      local at = rest:find("@@@@@@@@", start, true)
+      if at == nil then
+         break
+      end
+      parts[#parts + 1] = rest:sub(start, at - 1)
+      parts[#parts + 1] = ""
+      slots[#slots + 1] = #parts
+      start = at + 8
+   end
+   parts[#parts + 1] = rest:sub(start)
+   parts[#parts + 1] = "]"
+   available = #heads
+   taken = 0
+   headers = { ["Content-Type"] = "application/json" }
+end
+
+function request()
+   local i = taken % available + 1
+   taken = taken + 1
+   local token = tokens[i]
+   parts[2] = heads[i]
+   for _, slot in ipairs(slots) do
+      parts[slot] = token
+   end
+   headers["X-Signature"] = signatures[i]
+   return wrk.format("POST", nil, headers, table.concat(parts))
+end
+
+function done(summary, latency, requests)
+   local taken_max, taken_sum, available_min = 0, 0, math.huge
+   for _, thread in ipairs(threads) do
+      local n = thread:get("taken")
+      taken_sum = taken_sum + n
+      taken_max = math.max(taken_max, n)
+      available_min = math.min(available_min, thread:get("available"))
+   end
+   local e = summary.errors
+   io.write(string.format(
+      'WRK_JSON {"requests": %d, "duration_us": %d, "status_errors": %d, "connect_errors": %d, '
+         .. '"read_errors": %d, "write_errors": %d, "timeouts": %d, "p50_us": %d, "p90_us": %d, '
+         .. '"p99_us": %d, "max_us": %d, "taken_sum": %d, "taken_max": %d, "available_min": %d}\n',
+      summary.requests, summary.duration, e.status, e.connect, e.read, e.write, e.timeout,
+      latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.max,
+      taken_sum, taken_max, available_min
+   ))
+end
