@@ -166,7 +166,9 @@ class Normalizer:
         self._until = until.timestamp() if until else None
         # Anonymous ids seen in this run, so a row re-keyed to a device id (Original ID
         # Merge) is not mistaken for a user. Bounded: memory stays flat on huge exports.
-        self._anonymous: OrderedDict[str, None] = OrderedDict()
+        # Kept as hash(id): a 64-bit int is a third of a UUID string, and memory then
+        # stays nearly flat (a collision in 2^64 is not a practical concern).
+        self._anonymous: OrderedDict[int, None] = OrderedDict()
         self._anonymous_cap = known_anonymous
         # Rows of one export share a few hundred property-name sets: which of a set's
         # names are system properties is worked out once per set (half the cost of _clean).
@@ -243,8 +245,11 @@ class Normalizer:
     def _remember(self, anonymous: str | None) -> None:
         if anonymous is None:
             return
-        self._anonymous[anonymous] = None
-        self._anonymous.move_to_end(anonymous)
+        key = hash(anonymous)
+        if key in self._anonymous:
+            self._anonymous.move_to_end(key)
+            return
+        self._anonymous[key] = None
         if len(self._anonymous) > self._anonymous_cap:
             self._anonymous.popitem(last=False)
 
@@ -263,7 +268,7 @@ class Normalizer:
                         candidate is not None
                         and not candidate.startswith(DEVICE_PREFIX)
                         and candidate != device
-                        and candidate not in self._anonymous
+                        and hash(candidate) not in self._anonymous
                         and len(candidate) <= 512
                     ):
                         user = candidate
