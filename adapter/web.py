@@ -54,7 +54,8 @@ _TRACKING_CALLS = ("track", "page", "screen", "identify", "alias", "group")
 _SHORT = {"t": "track", "p": "page", "s": "screen", "i": "identify", "a": "alias", "g": "group"}
 # analytics.js posts text/plain (no preflight)
 _JSON_TYPES = ("application/json", "text/plain")
-_NOT_AN_OBJECT = "not a Mixpanel event: expected a JSON object"  # adapter.mixpanel's reason
+_NOT_AN_EVENT = "not a Mixpanel event"  # adapter.mixpanel's reasons start with it
+_NOT_AN_OBJECT = f"{_NOT_AN_EVENT}: expected a JSON object"
 
 
 class ApiError(HTTPException):
@@ -339,11 +340,17 @@ def mixpanel_export():
         raise ApiError(400, f"no readable Mixpanel rows: {errors[0]}")
     if not summary.rows:
         raise ApiError(400, "empty body: expected Mixpanel export rows")
-    # The wrong shape altogether (no row is an object) is refused; object rows that cannot
-    # be used are tolerated and counted as skipped, like unmapped events.
-    not_objects = summary.result.skipped.get(_NOT_AN_OBJECT, 0)
-    if not_objects == summary.rows - summary.malformed:
-        raise ApiError(400, "no Mixpanel events in the body: expected JSON objects as rows")
+    # The wrong shape altogether (no row is a Mixpanel event) is refused; in a real export,
+    # the odd row that cannot be used is tolerated and counted as skipped.
+    skipped = summary.result.skipped
+    not_events = sum(n for reason, n in skipped.items() if reason.startswith(_NOT_AN_EVENT))
+    if not_events == summary.rows - summary.malformed:
+        if skipped.get(_NOT_AN_OBJECT, 0) == not_events:
+            raise ApiError(400, "no Mixpanel events in the body: expected JSON objects as rows")
+        raise ApiError(
+            400, "no Mixpanel events in the body: rows need an event name ('event' or "
+            "'event_name') and their properties"
+        )  # fmt: skip
     counts = {**summary.result.as_dict(), "malformed": summary.malformed, "errors": errors}
     return jsonify(_MIXPANEL.dump(counts))
 

@@ -436,6 +436,15 @@ class TestMixpanelRoute:
         assert response.status_code == 400
         assert response.json["error"].startswith("no readable Mixpanel rows: body:1: invalid JSON")
 
+    def test_rows_that_are_no_events_at_all_are_400(self, client):
+        """Objects without an event name are refused when no row is an event; else skipped."""
+        response = post(client, "/mixpanel", b"{}\n" + self.jsonl([{"properties": {}}]))
+        assert response.status_code == 400
+        assert "rows need an event name ('event' or 'event_name')" in response.json["error"]
+        mixed = post(client, "/mixpanel", self.jsonl(self.ROWS[:1]) + b"{}\n")
+        assert mixed.status_code == 200
+        assert mixed.json["skipped"]["not a Mixpanel event: no event name"] == 1
+
     def test_project_timezone_query(self, app, client):
         """?project_timezone= converts a pre-2023 project's local times to UTC."""
         url = "/mixpanel?project_timezone=America/Los_Angeles"
