@@ -1,31 +1,100 @@
-"""The SQLite store: atomic dedup + enqueue, leases, retries, dead letters, shared status."""
+"""The store, on both backends: atomic dedup + enqueue, leases, retries, dead letters, status.
+
+Every test taking ``store`` runs once per backend (``test_x[sqlite]``, ``test_x[redis]``),
+so the two stay equivalent. The Redis runs need a Redis at 127.0.0.1:6379 (``.ci/run``
+starts one); each uses a key prefix of its own and deletes its keys afterwards. Tests of
+one backend's own mechanics take ``sqlite_store`` or ``redis_store``.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import multiprocessing
+import socket
 import threading
 import time
+import uuid
 
 import orjson
 import pytest
 
+from adapter.identity import Link
 from adapter.store import Incoming, StoreError, open_store
 from adapter.store.sqlite import SqliteStore
 
 DAY = 86400.0
+REDIS = "redis://127.0.0.1:6379/0"
+
+
+@pytest.fixture(scope="session")
+def redis_client():
+    """A client of the test Redis; the Redis tests skip (saying why) when none answers."""
+    import redis
+
+    client = redis.Redis.from_url(REDIS, socket_connect_timeout=2)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        pytest.skip(f"no Redis at {REDIS} ({exc}): start one to test the Redis store")
+    yield client
+    client.close()
+
+
+@contextlib.contextmanager
+def _redis_store(client):
+    """A Redis store with a key prefix of its own; its keys are deleted afterwards."""
+    prefix = f"test-store-{uuid.uuid4().hex[:12]}:"
+    s = open_store(f"{REDIS}?prefix={prefix}")
+    try:
+        yield s
+    finally:
+        s.close()
+        for key in client.scan_iter(match=f"{prefix}*", count=1000):
+            client.delete(key)
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def store(request, tmp_path):
+    """A fresh store of each backend: a SQLite file in a temporary folder, a Redis prefix."""
+    if request.param == "sqlite":
+        s = SqliteStore(tmp_path / "var" / "adapter.db")
+        yield s
+        s.close()
+    else:
+        with _redis_store(request.getfixturevalue("redis_client")) as s:
+            yield s
 
 
 @pytest.fixture
-def store(tmp_path):
-    """A fresh store in a temporary folder."""
+def sqlite_store(tmp_path):
+    """A fresh SQLite store in a temporary folder."""
     s = SqliteStore(tmp_path / "var" / "adapter.db")
     yield s
     s.close()
 
 
+@pytest.fixture
+def redis_store(redis_client):
+    """A fresh Redis store (a key prefix of its own)."""
+    with _redis_store(redis_client) as s:
+        yield s
+
+
+def url_of(store) -> str:
+    """The ADAPTER_STORE URL of ``store``: another process opens the same store with it."""
+    if isinstance(store, SqliteStore):
+        return f"sqlite:///{store.path.resolve()}"
+    return f"{REDIS}?prefix={store.prefix}"
+
+
 def rec(n: int) -> bytes:
     return orjson.dumps({"type": "like", "user_id": f"u{n}"})
+
+
+def users(batch) -> list[str]:
+    """The user ids of claimed records, in order."""
+    return [orjson.loads(c.body).get("user_id") for c in batch]
 
 
 def test_open_store_urls(tmp_path, monkeypatch):
@@ -160,7 +229,7 @@ def test_deletions_are_their_own_kind(store):
 
 def test_status_is_shared_between_connections(store):
     """A status set by one process's connection is read by another's."""
-    other = SqliteStore(store.path)
+    other = open_store(url_of(store))
     store.set_status("miso_auth", {"status": 401, "message": "invalid api key."})
     assert other.get_status("miso_auth") == {"status": 401, "message": "invalid api key."}
     store.set_status("miso_auth", None)
@@ -217,8 +286,9 @@ def _hold_first_commit(store, monkeypatch) -> tuple[threading.Event, threading.E
     return entered, release, transactions
 
 
-def test_concurrent_accepts_share_one_commit(store, monkeypatch):
+def test_concurrent_accepts_share_one_commit(sqlite_store, monkeypatch):
     """Accepts arriving while a commit is under way are committed together, each durable."""
+    store = sqlite_store
     entered, release, transactions = _hold_first_commit(store, monkeypatch)
     results: dict[int, list[bool]] = {}
 
@@ -245,8 +315,9 @@ def test_concurrent_accepts_share_one_commit(store, monkeypatch):
     assert other.stats()["spool"] == 1 + 3
 
 
-def test_a_failed_group_commit_fails_every_accept_in_it(store, monkeypatch):
+def test_a_failed_group_commit_fails_every_accept_in_it(sqlite_store, monkeypatch):
     """When the shared transaction fails, every accept in it gets StoreError; none is stored."""
+    store = sqlite_store
     import sqlite3
 
     entered, release, _ = _hold_first_commit(store, monkeypatch)
@@ -285,8 +356,8 @@ def test_a_failed_group_commit_fails_every_accept_in_it(store, monkeypatch):
     assert store.accept([Incoming("a", [rec(2)])], DAY) == [False]  # "a" was never kept
 
 
-def _claim_all(path, owner, out):
-    s = SqliteStore(path)
+def _claim_all(url, owner, out):
+    s = open_store(url)
     got = []
     while batch := s.claim("record", 7, 1 << 20, 30, owner):
         got += [c.id for c in batch]
@@ -294,11 +365,11 @@ def _claim_all(path, owner, out):
 
 
 def test_processes_never_claim_the_same_item(store):
-    """Forwarder processes racing on one file lease disjoint sets covering everything."""
+    """Forwarder processes racing on one store lease disjoint sets covering everything."""
     store.accept([Incoming(None, [rec(n) for n in range(300)])], DAY)
     ctx = multiprocessing.get_context("spawn")
     out = ctx.Queue()
-    procs = [ctx.Process(target=_claim_all, args=(store.path, f"p{i}", out)) for i in range(3)]
+    procs = [ctx.Process(target=_claim_all, args=(url_of(store), f"p{i}", out)) for i in range(3)]
     for p in procs:
         p.start()
     results = [out.get(timeout=30) for _ in procs]
@@ -363,3 +434,427 @@ def test_ids_are_never_reused_after_the_newest_item_is_acked(store):
     (second,) = store.claim("record", 10, 1 << 20, 30, "a")
     assert second.id > first.id
     assert orjson.loads(second.body)["user_id"] == "u2"
+
+
+# --------------------------------------------------------------------------- both backends
+
+
+def test_a_dead_forwarders_items_go_to_another_owner_after_its_lease(store):
+    """Items leased by a forwarder that died are taken by another only once the lease ends."""
+    store.accept([Incoming(None, [rec(n) for n in range(3)])], DAY)
+    dead = store.claim("record", 10, 1 << 20, lease=0.3, owner="dead")
+    assert store.claim("record", 10, 1 << 20, lease=30, owner="alive") == []
+    time.sleep(0.35)
+    taken = store.claim("record", 10, 1 << 20, lease=30, owner="alive")
+    assert [c.id for c in taken] == [c.id for c in dead]
+    assert [c.attempts for c in taken] == [2, 2, 2]
+    assert [c.first_attempt_at for c in taken] == [c.first_attempt_at for c in dead]
+    store.ack([c.id for c in taken])
+    assert store.claim("record", 10, 1 << 20, 30, "alive") == []
+    assert store.stats()["spool"] == 0
+
+
+def test_items_beyond_the_byte_budget_are_neither_lost_nor_stuck(store):
+    """Claims under a small byte budget take every item once, oldest first, none left over."""
+    store.accept([Incoming(None, [rec(n) for n in range(10)])], DAY)
+    size = len(rec(0)) + 1
+    seen = []
+    for turn in range(4):
+        batch = store.claim("record", 10, 3 * size, 30, owner=f"f{turn % 2}")
+        seen.append(users(batch))
+        store.ack([c.id for c in batch])
+    assert seen == [["u0", "u1", "u2"], ["u3", "u4", "u5"], ["u6", "u7", "u8"], ["u9"]]
+    assert store.stats()["spool"] == 0
+
+
+def test_unclaimed_items_keep_their_place_behind_the_budget(store):
+    """Items not taken for lack of budget come before records queued after them."""
+    store.accept([Incoming(None, [rec(n) for n in range(5)])], DAY)
+    first = store.claim("record", 10, len(rec(0)) + 1, 30, "a")
+    store.accept([Incoming(None, [rec(9)])], DAY)
+    rest = store.claim("record", 10, 1 << 20, 30, "b")
+    assert (users(first), users(rest)) == (["u0"], ["u1", "u2", "u3", "u4", "u9"])
+    assert all(c.attempts == 1 for c in rest)
+
+
+def test_retry_delay_is_honoured(store):
+    """A retried item is not ready before its delay, then comes back with its history."""
+    store.accept([Incoming(None, [rec(1)])], DAY)
+    (first,) = store.claim("record", 10, 1 << 20, 30, "a")
+    store.retry_later([first.id], delay=0.4, error="503: busy")
+    time.sleep(0.2)
+    assert store.claim("record", 10, 1 << 20, 30, "a") == []
+    assert store.stats()["spool"] == 1  # waiting for its retry still counts
+    time.sleep(0.25)
+    (again,) = store.claim("record", 10, 1 << 20, 30, "a")
+    assert (again.id, again.body, again.attempts) == (first.id, rec(1), 2)
+    assert (again.first_attempt_at, again.created_at) == (first.first_attempt_at, first.created_at)
+
+
+def test_release_does_not_count_the_attempt(store):
+    """A released item is ready at once, its attempt not counted, its first attempt kept."""
+    store.accept([Incoming(None, [rec(1)])], DAY)
+    (first,) = store.claim("record", 10, 1 << 20, 30, "a")
+    store.release([first.id])
+    (again,) = store.claim("record", 10, 1 << 20, 30, "b")
+    assert (again.id, again.attempts, again.first_attempt_at) == (
+        first.id,
+        1,
+        first.first_attempt_at,
+    )
+
+
+def test_deletion_drops_queued_records_and_cancels_the_one_in_flight(store):
+    """Deleting a user drops their records (and their devices'); one being sent is cancelled."""
+    store.accept([Incoming(None, links=[Link("a1", "u1")])], DAY)
+    store.accept([Incoming(None, [rec(1)])], DAY)
+    (in_flight,) = store.claim("record", 10, 1 << 20, lease=30, owner="fwd")
+    queued = [
+        rec(1),
+        orjson.dumps({"type": "like", "anonymous_id": "a1"}),
+        orjson.dumps({"type": "like", "anonymous_id": "a2"}),
+        rec(2),
+    ]
+    store.accept(
+        [
+            Incoming(None, queued),
+            Incoming("segment:del", deletions=["u1"]),
+            Incoming(None, [rec(1)]),  # after the deletion: a new life, kept
+        ],
+        DAY,
+    )
+    assert store.resolve(["a1"], ["u1"]) == ({}, {})
+    later = store.claim("record", 10, 1 << 20, 30, "fwd")
+    assert [orjson.loads(c.body) for c in later] == [
+        {"type": "like", "anonymous_id": "a2"},
+        {"type": "like", "user_id": "u2"},
+        {"type": "like", "user_id": "u1"},
+    ]
+    assert in_flight.id not in {c.id for c in later}
+    assert store.claim("delete", 10, 1 << 20, 30, "fwd") == []  # waits for the send
+    store.dead_letter([(in_flight.id, "Miso refused it")])  # the send failed
+    assert store.dead_letters() == []  # a deleted user's record is not kept
+    [notice] = store.claim("delete", 10, 1 << 20, 30, "fwd")
+    assert orjson.loads(notice.body) == {"user_ids": ["u1"]}
+    store.ack([notice.id, *(c.id for c in later)])
+    assert store.stats()["spool"] == 0
+
+
+def test_a_cancelled_send_that_succeeds_is_acked_and_frees_the_deletion(store):
+    """The in-flight record of a deleted user, once delivered, lets the deletion go out."""
+    store.accept([Incoming(None, [rec(1)])], DAY)
+    (in_flight,) = store.claim("record", 10, 1 << 20, 30, "fwd")
+    store.accept([Incoming(None, deletions=["u1"])], DAY)
+    assert store.stats()["spool"] == 2  # the cancelled send and the notice
+    store.ack([in_flight.id])
+    assert len(store.claim("delete", 10, 1 << 20, 30, "fwd")) == 1
+
+
+def test_a_cancelled_send_whose_sender_died_is_never_sent_again(store):
+    """When the sender of a cancelled record dies, the record is dropped, never re-sent."""
+    store.accept([Incoming(None, [rec(1), rec(2)])], DAY)
+    store.claim("record", 10, 1 << 20, lease=0.2, owner="dies")
+    store.accept([Incoming(None, deletions=["u1"])], DAY)
+    time.sleep(0.25)
+    assert users(store.claim("record", 10, 1 << 20, 30, "alive")) == ["u2"]
+    assert len(store.claim("delete", 10, 1 << 20, 30, "alive")) == 1
+    assert store.stats()["spool"] == 2  # u2 and the notice, both leased
+
+
+def test_deletion_drops_dead_letters_and_finds_escaped_ids(store):
+    """A user's dead letters go too; ids are matched as JSON values, however encoded."""
+    odd_user, odd_device = "zoë/ø 1", 'dev"ice'
+    bodies = [
+        json.dumps({"type": "like", "user_id": odd_user}).encode(),  # \\u escapes, spaces
+        json.dumps({"type": "like", "anonymous_id": odd_device}).encode(),
+        json.dumps({"type": "like", "context": {"user_id": odd_user}, "user_id": "x"}).encode(),
+    ]
+    store.accept([Incoming(None, [bodies[0]], links=[Link(odd_device, odd_user)])], DAY)
+    (dead,) = store.claim("record", 10, 1 << 20, 30, "fwd")
+    store.dead_letter([(dead.id, "Miso refused it")])
+    store.accept([Incoming(None, bodies)], DAY)
+    store.accept([Incoming(None, deletions=[odd_user])], DAY)
+    assert store.dead_letters() == []
+    assert [c.body for c in store.claim("record", 10, 1 << 20, 30, "fwd")] == [bodies[2]]
+
+
+def test_identity_links_both_ways(store):
+    """resolve and links_of: latest link wins, a relinked device moves, newest first."""
+    store.accept([Incoming(None, links=[Link("a1", "u1"), Link("shared", "u9")])], DAY)
+    time.sleep(0.01)
+    store.accept([Incoming(None, links=[Link("a2", "u1"), Link("shared", "u1")])], DAY)
+    assert store.resolve(["a1", "shared", "nope"], ["u1", "u9", "u0"]) == (
+        {"a1": "u1", "shared": "u1"},
+        {"u1": "shared"},
+    )
+    links = store.links_of("u1")
+    assert links["user"] is None
+    assert [x["anonymous_id"] for x in links["anonymous"]] == ["shared", "a2", "a1"]
+    assert links["anonymous"][0]["linked_at"] > links["anonymous"][2]["linked_at"]
+    assert store.links_of("a1")["user"]["user_id"] == "u1"
+    assert store.links_of("u9") == {"user": None, "anonymous": []}
+    assert store.resolve([], []) == ({}, {})
+
+
+def test_accept_publishes_its_status_in_the_same_step(store):
+    """A replay checkpoint is stored with its records, even when all of them are duplicates."""
+    store.accept([Incoming("k", [rec(1)])], DAY, status=("replay:a", {"line": 10}))
+    assert store.get_status("replay:a") == {"line": 10}
+    assert store.accept([Incoming("k", [rec(1)])], DAY, status=("replay:a", {"line": 20})) == [True]
+    assert store.get_status("replay:a") == {"line": 20}
+    assert store.accept([], DAY, status=("replay:a", {"line": 30})) == []
+    assert store.get_status("replay:a") == {"line": 30}
+    assert store.stats()["spool"] == 1
+
+
+def test_a_zero_dedup_window_only_dedups_within_the_call(store):
+    """With no dedup window, a key repeats within one call only."""
+    assert store.accept([Incoming("k", [rec(1)]), Incoming("k", [rec(1)])], 0) == [False, True]
+    assert store.accept([Incoming("k", [rec(1)])], 0) == [False]
+
+
+def test_requeued_dead_letters_keep_their_age(store):
+    """A dead letter put back keeps created_at, so stats still show how old it is."""
+    store.accept([Incoming(None, [rec(1)])], DAY)
+    (item,) = store.claim("record", 10, 1 << 20, 30, "a")
+    store.dead_letter([(item.id, "no")])
+    time.sleep(0.05)
+    store.accept([Incoming(None, [rec(2)])], DAY)
+    (dead,) = store.dead_letters()
+    assert store.requeue_dead([dead.id, dead.id, 12345]) == 1
+    assert store.stats()["oldest_age"] >= 0.05
+    back = store.claim("record", 10, 1 << 20, 30, "a")  # in id order: requeued is new
+    assert [(c.body, c.attempts) for c in back] == [(rec(2), 1), (rec(1), 1)]
+    assert back[1].created_at == item.created_at and back[1].id > item.id
+
+
+def test_dead_letters_limit_and_requeue_all(store):
+    """dead_letters(limit) gives the oldest; requeue_dead(None) puts all back in order."""
+    store.accept([Incoming(None, [rec(n) for n in range(3)])], DAY)
+    batch = store.claim("record", 10, 1 << 20, 30, "a")
+    store.dead_letter([(c.id, f"reason {n}") for n, c in enumerate(batch)])
+    assert [d.reason for d in store.dead_letters(2)] == ["reason 0", "reason 1"]
+    assert all(d.attempts == 1 and d.kind == "record" for d in store.dead_letters())
+    assert store.stats()["dead_letters"] == 3
+    assert store.requeue_dead(None) == 3
+    assert users(store.claim("record", 10, 1 << 20, 30, "a")) == ["u0", "u1", "u2"]
+
+
+def test_dead_letter_and_identity_commands(store, monkeypatch, capsys):
+    """`dead-letters list|retry ID|purge` and `identity show` work on the store's ids."""
+    from adapter import cli
+
+    monkeypatch.setenv("ADAPTER_STORE", url_of(store))
+    store.accept([Incoming(None, [rec(1), rec(2)], links=[Link("a1", "u1")])], DAY)
+    one, two = store.claim("record", 10, 1 << 20, 30, "a")
+    store.dead_letter([(one.id, "Miso refused it (422)"), (two.id, "again")])
+    assert cli.main(["dead-letters", "list", "--json"]) == 0
+    listed = [orjson.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(d["reason"], d["body"]["user_id"]) for d in listed] == [
+        ("Miso refused it (422)", "u1"),
+        ("again", "u2"),
+    ]
+    assert cli.main(["dead-letters", "retry", str(listed[0]["id"])]) == 0
+    assert "requeued 1 dead letters" in capsys.readouterr().out
+    assert users(store.claim("record", 10, 1 << 20, 30, "a")) == ["u1"]
+    assert cli.main(["dead-letters", "purge"]) == 0
+    assert capsys.readouterr().out == "purged 1 dead letters\n"
+    assert cli.main(["identity", "show", "u1"]) == 0
+    assert "a1  (linked " in capsys.readouterr().out
+
+
+# --------------------------------------------------------------------------- Redis
+
+
+def device(anonymous_id: str) -> bytes:
+    return orjson.dumps({"type": "like", "anonymous_id": anonymous_id})
+
+
+def test_deletion_catches_records_queued_during_its_prescan(redis_store, monkeypatch):
+    """Records queued after the paged pre-scan, before the deletion step, are dropped too."""
+    import adapter.store.redis as redis_module
+
+    monkeypatch.setattr(redis_module, "_FIND_PAGE", 2)  # several pages
+    redis_store.accept([Incoming(None, [rec(n) for n in range(5)], links=[Link("a1", "u1")])], DAY)
+    redis_store.accept([Incoming(None, [device("a1"), rec(1), device("a2")])], DAY)
+    prescan = redis_store._prescan
+    other = open_store(url_of(redis_store))
+
+    def racing(batch, deleted):
+        found = prescan(batch, deleted)
+        other.accept([Incoming(None, [device("a1"), rec(1), rec(7)])], DAY)
+        return found
+
+    monkeypatch.setattr(redis_store, "_prescan", racing)
+    redis_store.accept([Incoming(None, deletions=["u1"])], DAY)
+    left = redis_store.claim("record", 100, 1 << 20, 30, "a")
+    assert [orjson.loads(c.body) for c in left] == [
+        orjson.loads(body) for body in [rec(0), rec(2), rec(3), rec(4), device("a2"), rec(7)]
+    ]
+
+
+def test_deletion_scans_everything_when_the_user_gains_a_device_meanwhile(redis_store, monkeypatch):
+    """A link learned during the pre-scan makes the deletion step scan every queued record."""
+    redis_store.accept([Incoming(None, [rec(n) for n in range(1500)] + [device("a9")])], DAY)
+    redis_store.accept([Incoming(None, [rec(n) for n in range(1500, 2500)])], DAY)
+    prescan = redis_store._prescan
+    other = open_store(url_of(redis_store))
+
+    def racing(batch, deleted):
+        found = prescan(batch, deleted)
+        other.accept([Incoming(None, links=[Link("a9", "u1")])], DAY)
+        return found
+
+    monkeypatch.setattr(redis_store, "_prescan", racing)
+    redis_store.accept([Incoming(None, deletions=["u1"])], DAY)
+    left = [c.body for c in redis_store.claim("record", 5000, 1 << 24, 30, "a")]
+    assert len(left) == 2499 and device("a9") not in left and rec(1) not in left
+    assert redis_store.resolve(["a9"], []) == ({}, {})
+
+
+def test_redis_urls():
+    """redis:// and rediss:// URLs: host, port, db, prefix and timeout; anything else is clear."""
+    from adapter.store.redis import RedisStore
+
+    s = open_store("redis://cache.internal:6390/3?prefix=shop-a:&timeout=2.5")
+    assert isinstance(s, RedisStore)
+    assert (s.host, s.port, s.db, s.prefix, s.tls) == ("cache.internal", 6390, 3, "shop-a:", False)
+    assert repr(s) == "<RedisStore redis://cache.internal:6390/3 prefix='shop-a:'>"
+    default = open_store("rediss://cache")
+    assert (default.port, default.db, default.prefix, default.tls) == (
+        6379,
+        0,
+        "miso-adapter:",
+        True,
+    )
+    for url, message in [
+        ("redis://h/0?fast=1", "unknown ADAPTER_STORE option"),
+        ("redis://h/zero", "database must be a number"),
+        ("redis://:pw@h:port/0", "invalid port"),
+        ("redis://h/0?timeout=soon", "timeout must be a number"),
+        ("redis://h/0?prefix=", "prefix must not be empty"),
+    ]:
+        with pytest.raises(StoreError, match=message) as error:
+            open_store(url)
+        assert "pw" not in str(error.value)
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_an_unreachable_redis_is_a_store_error_without_the_password():
+    """Every operation on a Redis that is down raises StoreError naming it, never the password."""
+    port = _closed_port()
+    s = open_store(f"redis://:s3cret-pw@127.0.0.1:{port}/0?timeout=1")
+    assert "s3cret" not in repr(s)
+    calls = [
+        lambda: s.accept([Incoming("k", [rec(1)])], DAY),
+        lambda: s.claim("record", 10, 1 << 20, 30, "a"),
+        lambda: s.ack([1]),
+        lambda: s.retry_later([1], 1, "x"),
+        lambda: s.release([1]),
+        lambda: s.dead_letter([(1, "x")]),
+        lambda: s.dead_letters(),
+        lambda: s.requeue_dead(None),
+        lambda: s.purge_dead(),
+        lambda: s.resolve(["a"], ["u"]),
+        lambda: s.links_of("a"),
+        lambda: s.set_status("x", {"a": 1}),
+        lambda: s.get_status("x"),
+        lambda: s.stats(),
+        lambda: s.ping(),
+        lambda: s.purge_expired(),
+    ]
+    for call in calls:
+        with pytest.raises(StoreError) as error:
+            call()
+        assert f"Redis at 127.0.0.1:{port} is unreachable" in str(error.value)
+        assert "s3cret" not in str(error.value)
+
+
+def test_a_wrong_password_is_a_store_error_without_it(redis_client):
+    """Credentials Redis refuses give StoreError; the password is in neither it nor repr."""
+    s = open_store("redis://nobody:s3cret-pw@127.0.0.1:6379/0?prefix=test-store-auth:")
+    assert "s3cret" not in repr(s)
+    with pytest.raises(StoreError) as error:
+        s.ping()
+    assert "127.0.0.1:6379" in str(error.value) and "s3cret" not in str(error.value)
+
+
+@pytest.mark.parametrize(
+    ("reply", "meaning"),
+    [
+        ("READONLY You can't write against a read only replica.", "is a read-only replica"),
+        ("OOM command not allowed when used memory > 'maxmemory'.", "is out of memory"),
+    ],
+    ids=["replica", "full"],
+)
+def test_redis_refusing_writes_is_a_store_error(redis_store, monkeypatch, reply, meaning):
+    """A replica or a full Redis refusing a write is a StoreError that says so."""
+    import redis
+
+    def refuse(*args, **kwargs):
+        raise redis.ResponseError(reply)
+
+    monkeypatch.setattr(redis_store._client, "execute_command", refuse)
+    with pytest.raises(StoreError, match=f"accept records: Redis at 127.0.0.1:6379 {meaning}"):
+        redis_store.accept([Incoming(None, [rec(1)])], DAY)
+    with pytest.raises(StoreError, match=meaning):
+        redis_store.ping()
+
+
+def test_ids_are_never_reused_after_redis_loses_its_data(redis_store, redis_client):
+    """A Redis restarted empty hands out ids above those a forwarder may still hold."""
+    redis_store.accept([Incoming(None, [rec(1)])], DAY)
+    (before,) = redis_store.claim("record", 10, 1 << 20, 30, "a")
+    for key in redis_client.scan_iter(match=f"{redis_store.prefix}*"):
+        redis_client.delete(key)
+    redis_store.accept([Incoming(None, [rec(2)])], DAY)
+    redis_store.ack([before.id])  # the stale ack of a forwarder that held it: harmless
+    (after,) = redis_store.claim("record", 10, 1 << 20, 30, "a")
+    assert after.id > before.id and after.body == rec(2)
+
+
+def test_a_lost_id_counter_restarts_above_the_queued_items(redis_store, redis_client):
+    """Without its counter (but with its streams), the store still queues after the last id."""
+    seq = f"{redis_store.prefix}seq"
+    redis_client.set(seq, 2**52)  # far ahead of the clock
+    redis_store.accept([Incoming(None, [rec(1)])], DAY)
+    redis_client.delete(seq)  # lost: restarts above the last item, not at the clock
+    assert redis_store.accept([Incoming("k", [rec(2)])], DAY) == [False]
+    batch = redis_store.claim("record", 10, 1 << 20, 30, "a")
+    assert users(batch) == ["u1", "u2"] and batch[0].id == 2**52 + 1
+
+
+def test_redis_keys_stay_under_the_prefix_and_dedup_keys_expire(redis_store, redis_client):
+    """Every key lives under the store's prefix; a dedup key carries the window as its TTL."""
+    redis_store.accept([Incoming("segment:m1", [rec(1)], links=[Link("a", "u")])], 60)
+    redis_store.claim("record", 10, 1 << 20, 30, "a")
+    ttl = redis_client.pttl(f"{redis_store.prefix}dedup:segment:m1")
+    assert 59_000 < ttl <= 60_000
+    keys = {k.decode() for k in redis_client.scan_iter(match=f"{redis_store.prefix}*")}
+    assert f"{redis_store.prefix}spool:record" in keys and len(keys) >= 6
+    pending = redis_client.xpending(f"{redis_store.prefix}spool:record", "forwarders")
+    assert pending["pending"] == 1 and pending["consumers"] == [{"name": b"a", "pending": 1}]
+
+
+def test_forwarders_gone_for_long_are_forgotten(redis_store, redis_client):
+    """Upkeep removes group consumers idle for long that hold nothing; keeps the others."""
+    redis_store.accept([Incoming(None, [rec(1), rec(2)])], DAY)
+    redis_store.claim("record", 1, 1 << 20, 30, "busy")
+    (done,) = redis_store.claim("record", 1, 1 << 20, 30, "gone")
+    redis_store.ack([done.id])
+    stream = f"{redis_store.prefix}spool:record"
+
+    def consumers() -> set[bytes]:
+        return {c["name"] for c in redis_client.xinfo_consumers(stream, "forwarders")}
+
+    assert redis_store.purge_expired() == 0  # the default: idle for an hour
+    assert consumers() == {b"busy", b"gone"}
+    redis_store.idle_consumer = 0.05
+    time.sleep(0.1)
+    redis_store.purge_expired()
+    assert consumers() == {b"busy"}  # still holds a lease

@@ -2,13 +2,19 @@
 
 Every entry point (webhook routes, replay) hands translated records to
 :meth:`Store.accept`, which deduplicates and enqueues them in one transaction: when
-it returns, they are durable, and only then do we answer 200. The forwarder
+it returns, they are durable (on Redis: as its persistence settings make them), and
+only then do we answer 200. The forwarder
 :meth:`~Store.claim`\\ s batches with a lease, and :meth:`~Store.ack`\\ s,
 :meth:`~Store.retry_later`\\ s or :meth:`~Store.dead_letter`\\ s them. A shared
-backend (Redis) can implement the same interface without touching routes or forwarder.
+backend (Redis) implements the same interface without touching routes or forwarder.
 
 ``open_store(url)`` picks the implementation from ``ADAPTER_STORE``:
-``sqlite:///var/adapter.db`` (relative path) or ``sqlite:////srv/adapter.db`` (absolute).
+
+* ``sqlite:///var/adapter.db`` (relative path) or ``sqlite:////srv/adapter.db``
+  (absolute): one file shared by the processes of one host (:mod:`adapter.store.sqlite`);
+* ``redis://[:password@]host:6379/0`` (``rediss://`` for TLS, ``?prefix=NAME:`` to share
+  a Redis): one Redis shared by several hosts (:mod:`adapter.store.redis`, imported
+  only then).
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ __all__ = [
 
 
 class StoreError(Exception):
-    """The store cannot persist or read right now (disk full, locked, unreadable)."""
+    """The store cannot persist or read right now (disk full, locked; Redis down or full)."""
 
 
 @dataclass
@@ -148,8 +154,15 @@ def open_store(url: str) -> Store:
         from adapter.store.sqlite import SqliteStore
 
         return SqliteStore.from_url(url)
+    if url.startswith(("redis://", "rediss://")):
+        try:
+            from adapter.store.redis import RedisStore
+        except ImportError as exc:  # pragma: no cover - redis is a dependency
+            raise StoreError(f"the Redis store needs the redis package ({exc})") from None
+        return RedisStore.from_url(url)
+    # Only the scheme is echoed: the rest of a URL may hold a password.
     scheme = url.split(":", 1)[0] if ":" in url else url
     raise StoreError(
-        f"unsupported ADAPTER_STORE scheme {scheme!r}: use sqlite:///relative/path.db "
-        "or sqlite:////absolute/path.db"
+        f"unsupported ADAPTER_STORE scheme {scheme!r}: use sqlite:///relative/path.db, "
+        "sqlite:////absolute/path.db or redis://host:6379/0"
     )
