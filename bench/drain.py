@@ -1,6 +1,6 @@
 """Benchmark: `miso-adapter forward --until-empty` draining a full spool, against a floor.
 
-    python bench/drain.py [--records 1000000] [--runs 1] [--seed 20240501]
+    python bench/drain.py [--records 1000000] [--runs 1] [--seed 20240501] [--store URL]
 
 Fills a fresh SQLite store (``adapter.store.sqlite.SqliteStore.accept``, 10,000 records
 a transaction) with ``--records`` realistic, valid Miso records of about 450 bytes: the
@@ -23,6 +23,12 @@ one ``FakeMiso(validate=False)`` in this process, which counts records and forge
 (see ``common.CountingMiso``). Each run checks that the fake received exactly
 ``--records`` records from each. On a 2-core machine the fake (parsing every 1,000-record
 POST) shares the CPU with the sender, for the floor and the drain alike.
+
+With ``--store redis://host:6379/0`` the spool is that Redis (a key prefix of its own
+per run, deleted afterwards) and there is no floor: each run fills it, then times ONE
+``forward --until-empty``, fills it again and times TWO started at once (until both
+exit), checking that the fake received every record exactly once (each record has its
+own anonymous id) and that the spool is empty.
 """
 
 from __future__ import annotations
@@ -30,14 +36,18 @@ from __future__ import annotations
 import argparse
 import contextlib
 import random
+import re
 import shutil
 import sqlite3
 import sys
 import tempfile
+import threading
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import orjson
 
@@ -137,39 +147,46 @@ def make_record(rng: random.Random, index: int) -> dict[str, Any]:
     return record
 
 
-def fill(path: Path, count: int, seed: int) -> float:
-    """Write ``count`` records into a fresh store at ``path``; returns average body bytes.
+def fill_store(store, count: int, seed: int) -> float:
+    """Accept ``count`` records into ``store``; returns average body bytes.
 
     Checks the first records against the Miso model first: an invalid one would be
     dead-lettered by the forwarder and the benchmark would measure the wrong thing.
     """
     from adapter.records import record_errors
     from adapter.store import Incoming
-    from adapter.store.sqlite import SqliteStore
 
     rng = random.Random(seed)
-    # synchronous=normal: the fill is set-up, not measured; the drain opens its own FULL.
-    store = SqliteStore(path, synchronous="normal")
     dumps = orjson.dumps
     total = 0
+    for start in range(0, count, FILL_BATCH):
+        records = [make_record(rng, i) for i in range(start, min(count, start + FILL_BATCH))]
+        if start == 0:
+            for record in records[:2000]:
+                problems = record_errors(record)
+                if problems:
+                    raise BenchError(f"generated an invalid record {record}: {problems}")
+        bodies = [dumps(record) for record in records]
+        total += sum(map(len, bodies))
+        store.accept([Incoming(dedup_key=None, records=bodies, source="bench")], 0)
+    return total / max(count, 1)
+
+
+def fill(path: Path, count: int, seed: int) -> float:
+    """Write ``count`` records into a fresh SQLite store at ``path``; returns average bytes."""
+    from adapter.store.sqlite import SqliteStore
+
+    # synchronous=normal: the fill is set-up, not measured; the drain opens its own FULL.
+    store = SqliteStore(path, synchronous="normal")
     try:
-        for start in range(0, count, FILL_BATCH):
-            records = [make_record(rng, i) for i in range(start, min(count, start + FILL_BATCH))]
-            if start == 0:
-                for record in records[:2000]:
-                    problems = record_errors(record)
-                    if problems:
-                        raise BenchError(f"generated an invalid record {record}: {problems}")
-            bodies = [dumps(record) for record in records]
-            total += sum(map(len, bodies))
-            store.accept([Incoming(dedup_key=None, records=bodies, source="bench")], 0)
+        average = fill_store(store, count, seed)
     finally:
         store.close()
     with contextlib.closing(sqlite3.connect(path)) as conn:
         kinds = dict(conn.execute("SELECT kind, COUNT(*) FROM spool GROUP BY kind").fetchall())
     if kinds != {"record": count}:
         raise BenchError(f"the filled spool holds {kinds}, not {count:,} records")
-    return total / max(count, 1)
+    return average
 
 
 def copy_store(source: Path, target: Path) -> None:
@@ -260,16 +277,153 @@ def prepare(folder: Path, count: int, seed: int) -> tuple[Path, float, float]:
     return path, average, time.perf_counter() - start
 
 
+_ANONYMOUS_ID = re.compile(rb'"anonymous_id":"([0-9a-f]{32})"')
+
+
+class DistinctMiso(CountingMiso):
+    """A CountingMiso that also counts distinct records: each has its own anonymous id."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._seen: set[bytes] = set()
+
+    def _count(self, entry) -> None:
+        super()._count(entry)
+        if entry.status == 200 and entry.method == "POST":
+            found = _ANONYMOUS_ID.findall(entry.body)
+            with self._lock:
+                self._seen.update(found)
+
+    @property
+    def distinct(self) -> int:
+        with self._lock:
+            return len(self._seen)
+
+    def zero(self) -> None:
+        super().zero()
+        with self._lock:
+            self._seen = set()
+
+
+@dataclass
+class SharedRun:
+    """One drain of a shared (Redis) store by one or more forwarder processes."""
+
+    processes: int
+    seconds: float  # from the start of the first to the exit of the last
+    peak_mb: float  # the largest of the processes'
+    average: float  # record bytes
+    filled: float  # seconds the fill took
+
+
+def own_prefix(url: str) -> str:
+    """``url`` with a key prefix of its own, under the URL's own prefix if it has one."""
+    parts = urlsplit(url)
+    options = dict(parse_qsl(parts.query))
+    options["prefix"] = f"{options.get('prefix', 'bench-drain:')}{uuid.uuid4().hex[:10]}:"
+    return urlunsplit(parts._replace(query=urlencode(options)))
+
+
+def measure_shared(
+    url: str, count: int, seed: int, processes: int, miso: DistinctMiso
+) -> SharedRun:
+    """Fill a fresh prefix of the Redis at ``url``, drain it with ``processes`` forwarders."""
+    import redis
+
+    from adapter.store import open_store
+
+    store_url = own_prefix(url)
+    store = open_store(store_url)
+    try:
+        started = time.perf_counter()
+        average = fill_store(store, count, seed)
+        filled = time.perf_counter() - started
+        if store.stats()["spool"] != count:
+            raise BenchError(f"the filled spool holds {store.stats()}, not {count:,} records")
+        miso.zero()
+        env = clean_env(ADAPTER_STORE=store_url, MISO_API_URL=miso.url, MISO_API_KEY=MISO_KEY)
+        results: list[Run | None] = [None] * processes
+
+        def forward(n: int) -> None:
+            results[n] = run(cli("forward", "--until-empty"), env)
+
+        threads = [threading.Thread(target=forward, args=(n,)) for n in range(processes)]
+        started = time.perf_counter()
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        seconds = time.perf_counter() - started
+        for result in results:
+            # One of several may end while another still holds a batch: it exits 1.
+            if result is None or result.returncode not in ((0,) if processes == 1 else (0, 1)):
+                raise BenchError(
+                    f"forward --until-empty failed: {result and result.stderr[-3000:]}"
+                )
+        left = store.stats()
+        if left["spool"] or left["dead_letters"]:
+            raise BenchError(f"after {processes} forwarder(s) the store holds {left}")
+        if (miso.delivered, miso.distinct) != (count, count):
+            raise BenchError(
+                f"{processes} forwarder(s): FakeMiso received {miso.delivered:,} records, "
+                f"{miso.distinct:,} distinct, of {count:,}"
+            )
+    finally:
+        store.close()
+        client = redis.Redis.from_url(urlunsplit(urlsplit(url)._replace(query="")))
+        prefix = dict(parse_qsl(urlsplit(store_url).query))["prefix"]
+        for key in client.scan_iter(match=f"{prefix}*", count=1000):
+            client.delete(key)
+        client.close()
+    peak = max(r.peak_mb for r in results if r is not None)
+    return SharedRun(processes, seconds, peak, average, filled)
+
+
+def main_shared(url: str, count: int, runs: int, seed: int) -> None:
+    """``--store URL``: one and two forwarder processes on a shared store."""
+    measured: list[SharedRun] = []
+    try:
+        with DistinctMiso() as miso:
+            for _ in range(runs):
+                for processes in (1, 2):
+                    one = measure_shared(url, count, seed, processes, miso)
+                    print(f"{processes} forwarder(s): {count / one.seconds:,.0f} records/s "
+                          f"(filled in {one.filled:.1f}s)", file=sys.stderr)  # fmt: skip
+                    measured.append(one)
+    except BenchError as exc:
+        sys.exit(f"error: {exc}")
+    average = measured[0].average
+    print(f"spool: {count:,} records in {urlsplit(url).hostname} (Redis), ~{average:.0f} bytes "
+          f"each; median of {runs}; every record received exactly once")  # fmt: skip
+    print(f"{'work':<44}{'records/s':>11}{'seconds':>10}{'peak RSS MB':>13}")
+    for processes in (1, 2):
+        picked = [r for r in measured if r.processes == processes]
+        seconds = median([r.seconds for r in picked])
+        label = f"forward --until-empty x{processes}"
+        peak = max(r.peak_mb for r in picked)
+        print(f"{label:<44}{count / seconds:>11,.0f}{seconds:>10.2f}{peak:>13,.0f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--records", type=int, default=1_000_000)
     parser.add_argument("--runs", type=int, default=1, help="runs of each (medians shown)")
     parser.add_argument("--seed", type=int, default=20240501)
+    parser.add_argument(
+        "--store",
+        metavar="URL",
+        help="a redis:// store to drain instead, with one and with two forwarder processes",
+    )
     parser.add_argument("--floor", nargs=3, help=argparse.SUPPRESS)  # DB URL KEY
     args = parser.parse_args()
     if args.floor is not None:
         db, url, key = args.floor
         print(floor(Path(db), url, key))
+        return
+    if args.store is not None:
+        if not args.store.startswith(("redis://", "rediss://")):
+            sys.exit("error: --store takes a redis:// URL (SQLite is the default run)")
+        main_shared(args.store, args.records, args.runs, args.seed)
         return
     runs: list[DrainRun] = []
     try:
