@@ -434,7 +434,11 @@ def _preflight(*, mappings: bool = True) -> Config | None:
     if mappings and not (folder / "segment.yaml").is_file():
         problems.append(f"{folder / 'segment.yaml'}: missing (MAPPINGS_DIR={folder})")
     try:
-        open_store(config.ADAPTER_STORE).close()
+        store = open_store(config.ADAPTER_STORE)
+        try:
+            store.ping()  # a Redis store connects lazily: a wrong host or password shows here
+        finally:
+            store.close()
     except StoreError as exc:
         problems.append(str(exc))
     for problem in problems:
