@@ -1,0 +1,65 @@
+"""A replay waits for what it stored, not for traffic that keeps arriving after it."""
+
+from __future__ import annotations
+
+import io
+import sys
+import threading
+import time
+from pathlib import Path
+
+import orjson
+
+from adapter.forwarder import Forwarder, ForwarderSettings
+from adapter.mapping import default_mappings_dir, load_mapping
+from adapter.miso import MisoClient
+from adapter.mixpanel import Normalizer
+from adapter.replay import replay_files
+from adapter.store import Incoming
+from adapter.store.sqlite import SqliteStore
+from adapter.testing import FakeMiso
+
+sys.path.append(str(Path(__file__).resolve().parent.parent / "bench"))
+from mixpanel_export import record_key, write_export
+
+
+def test_webhooks_arriving_during_the_final_wait_do_not_hold_the_replay(tmp_path):
+    """With a steady stream of other records, the replay ends once its own are delivered."""
+    export = write_export(tmp_path / "export.jsonl", 500)
+    store = SqliteStore(tmp_path / "adapter.db")
+    stop = threading.Event()
+
+    def webhooks() -> None:  # another source, adding a record every 20 ms meanwhile
+        n = 0
+        while not stop.wait(0.02):
+            n += 1
+            body = orjson.dumps({"type": "like", "user_id": f"w{n}", "product_ids": [f"w-{n}"]})
+            store.accept([Incoming(None, [body], source="segment")], 3600)
+
+    with FakeMiso(api_key="k") as miso:
+        traffic = threading.Thread(target=webhooks)
+        traffic.start()
+        started = time.monotonic()
+        try:
+            summary = replay_files(
+                [export.path],
+                translator=load_mapping(default_mappings_dir() / "mixpanel.yaml"),
+                normalizer=Normalizer(),
+                store=store,
+                dedup_ttl=3600,
+                forwarder=Forwarder(store, MisoClient(miso.url, "k"), ForwarderSettings()),
+                errors=io.StringIO(),
+                wait_for_delivery=30,
+            )
+        finally:
+            stop.set()
+            traffic.join()
+        took = time.monotonic() - started
+        assert summary.delivered_wait == "delivered: everything accepted has reached Miso"
+        assert took < 15, f"the replay waited {took:.1f}s"
+        mine = {
+            record_key(r)
+            for r in miso.records
+            if not (r.get("product_ids") or [""])[0].startswith("w-")
+        }
+        assert mine == set(export.expected)
