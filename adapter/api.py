@@ -146,6 +146,7 @@ def _errors(*codes: int) -> dict[str, Any]:
     reasons = {
         400: "malformed JSON (with line and column) or a body of the wrong shape",
         401: "bad signature, write key or token",
+        403: "credentials sent, but ADAPTER_TOKEN is not set: this route is never open",
         413: "over the size limit",
         415: "unsupported Content-Type or Content-Encoding",
         503: "the store cannot persist right now: retry",
@@ -258,6 +259,16 @@ def openapi() -> dict[str, Any]:
         "responses": {"200": {"description": "ready", "content": _json("Ready")},
                       "503": {"description": "not ready: the reason per check",
                               "content": _json("Ready")}},
+    }})  # fmt: skip
+    spec.path(path="/metrics", operations={"get": {
+        "summary": "Prometheus metrics of every process (text format 0.0.4)",
+        "description": "Always needs `Authorization: Bearer <ADAPTER_TOKEN>`: metrics reveal "
+                       "traffic, so while ADAPTER_TOKEN is not set every request is refused "
+                       "(401 without credentials, 403 with them).",
+        "security": [{"adapterToken": []}],
+        "responses": {"200": {"description": "the exposition text", "content": {
+                          "text/plain": {"schema": {"type": "string"}}}},
+                      **_errors(401, 403)},
     }})  # fmt: skip
     spec.path(path="/openapi.json", operations={"get": {
         "summary": "this document",

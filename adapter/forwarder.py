@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import orjson
 
-from adapter import records
+from adapter import metrics, records
 from adapter.miso import MisoClient, Outcome
 from adapter.store import Claimed, Store, StoreError
 
@@ -158,6 +158,7 @@ class Forwarder:
                 invalid.append((item.id, f"not sent, invalid for Miso: {problem}"))
         if invalid:
             self.store.dead_letter(invalid)
+            metrics.count_dead_lettered("record", "invalid", len(invalid))
             log.warning("dead-lettered %d invalid records before sending", len(invalid))
         pending = [valid] if valid else []
         while pending:
@@ -192,6 +193,7 @@ class Forwarder:
         ids = [i.id for i in items]
         if outcome.kind == "ok":
             self.store.ack(ids)
+            metrics.count_forwarded(items)
             if self.paused_until:
                 self._resume()
             elif self._first_ok:
@@ -206,12 +208,15 @@ class Forwarder:
                 self.store.dead_letter(
                     [(items[i].id, f"Miso refused it (422): {msg}") for i, msg in named.items()]
                 )
+                metrics.count_dead_lettered(items[0].kind, "rejected", len(named))
                 log.warning("Miso refused %d of %d records (422)", len(named), len(items))
                 rest = [item for i, item in enumerate(items) if i not in named]
                 return [rest] if rest else []
-            return self._split(items, f"Miso refused it (422): {outcome.message}")
+            return self._split(items, f"Miso refused it (422): {outcome.message}", "rejected")
         if outcome.kind == "too_large":
-            return self._split(items, f"Miso refused its size (413): {outcome.message}")
+            return self._split(
+                items, f"Miso refused its size (413): {outcome.message}", "too_large"
+            )
         if outcome.kind in ("auth", "setup"):
             self.store.release(ids)
             self._pause(outcome)
@@ -221,13 +226,15 @@ class Forwarder:
             return []
         reason = f"Miso refused it ({outcome.status}): {outcome.message}"
         self.store.dead_letter([(i, reason) for i in ids])
+        metrics.count_dead_lettered(items[0].kind, "refused", len(ids))
         log.error("dead-lettered %d records: %s", len(ids), reason)
         return []
 
-    def _split(self, items: list[Claimed], reason: str) -> list[list[Claimed]]:
+    def _split(self, items: list[Claimed], reason: str, why: str) -> list[list[Claimed]]:
         """Halve a refused batch to isolate what Miso will not take; a single item is dead."""
         if len(items) == 1:
             self.store.dead_letter([(items[0].id, reason)])
+            metrics.count_dead_lettered(items[0].kind, why, 1)
             return []
         middle = len(items) // 2
         return [items[middle:], items[:middle]]
@@ -244,10 +251,12 @@ class Forwarder:
                     for i in expired
                 ]
             )
+            metrics.count_dead_lettered(expired[0].kind, "gave_up", len(expired))
         waiting = [i for i in items if i not in expired]
         if waiting:
             delay = _backoff(max(i.attempts for i in waiting), self.settings, outcome.retry_after)
             self.store.retry_later([i.id for i in waiting], delay, error)
+            metrics.count_retried(waiting)
             log.warning(
                 "Miso unavailable (%s); %d records retry in %.1fs", error, len(waiting), delay
             )

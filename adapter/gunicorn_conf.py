@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import sys
 
+from adapter import metrics
+
 #: Seconds a thread may hold the interpreter lock before another may take it (Python's
 #: default: 5 ms). A request thread that committed to SQLite (the lock released for the
 #: fsync) waits this long to get back in while the other threads parse and translate,
@@ -19,3 +21,8 @@ SWITCH_INTERVAL = 0.001
 def post_worker_init(worker: object) -> None:
     """Gunicorn hook: runs in each worker once it has started."""
     sys.setswitchinterval(SWITCH_INTERVAL)
+
+
+def child_exit(server: object, worker: object) -> None:
+    """Gunicorn hook, in the master: a worker's metric files are no longer live."""
+    metrics.process_exited(worker.pid)  # type: ignore[attr-defined]

@@ -30,6 +30,7 @@ class IngestResult:
     skipped: Counter[str] = field(default_factory=Counter)  # reason → count
     links: int = 0
     deletions: int = 0
+    types: Counter[str] = field(default_factory=Counter)  # Miso type → records accepted
 
     def as_dict(self) -> dict:
         """The JSON answer of the ingestion routes."""
@@ -84,17 +85,16 @@ def ingest(
             )
         )
         counted.append(
-            (len(translation.records), len(translation.deletions), len(translation.links),
-             translation.skipped)
+            ([r.get("type") for r in translation.records], len(translation.deletions),
+             len(translation.links), translation.skipped)
         )  # fmt: skip
     duplicates = store.accept(incoming, dedup_ttl, status) if incoming or status else []
-    for (n_records, n_deletions, n_links, skipped), duplicate in zip(
-        counted, duplicates, strict=True
-    ):
+    for (types, n_deletions, n_links, skipped), duplicate in zip(counted, duplicates, strict=True):
         if duplicate:
             result.duplicates += 1
             continue
-        result.accepted += n_records
+        result.accepted += len(types)
+        result.types.update(types)
         result.deletions += n_deletions
         result.links += n_links
         if skipped is not None:

@@ -17,6 +17,8 @@ from typing import Literal
 import orjson
 import requests
 
+from adapter import metrics
+
 __all__ = ["MisoClient", "Outcome", "key_id", "parse_422"]
 
 Kind = Literal["ok", "retry", "rejected", "auth", "setup", "too_large", "fatal"]
@@ -123,6 +125,12 @@ class MisoClient:
         return self._call("DELETE", orjson.dumps({"user_ids": user_ids}))
 
     def _call(self, method: str, payload: bytes) -> Outcome:
+        started = time.perf_counter()
+        outcome = self._request(method, payload)
+        metrics.observe_miso(time.perf_counter() - started, outcome.kind)
+        return outcome
+
+    def _request(self, method: str, payload: bytes) -> Outcome:
         try:
             response = self._session.request(
                 method,

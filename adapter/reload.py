@@ -17,6 +17,7 @@ import os
 import threading
 from pathlib import Path
 
+from adapter import metrics
 from adapter.mapping import MappingError, Translator, load_mapping_text
 from adapter.store import Store, StoreError
 
@@ -111,9 +112,11 @@ class MappingWatcher:
                 self.translators[name] = translator  # one assignment: old or new, never a mix
                 self.rejections.pop(name, None)
                 self._publish(name, text)
+                metrics.count_reload(name, "ok")
                 log.info("reloaded %s: %d rules", path, translator.rule_count)
                 return
         self.rejections[name] = problems
+        metrics.count_reload(name, "rejected")
         for problem in problems:
             log.error("rejected edit of %s, the last good version stays live: %s", path, problem)
         self._adopt_shared(name, path)

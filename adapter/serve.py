@@ -6,6 +6,10 @@ child that dies, stops both on SIGTERM/SIGINT, and on Linux its children die wit
 (``PR_SET_PDEATHSIG``), so ``kill -9`` of the service leaves nothing bound to the port.
 Running the forwarder as its own process keeps it out of gunicorn's fork/respawn cycle:
 one forwarder per host, and leases make extra ones (``forward`` elsewhere) safe.
+
+Both children share one fresh ``PROMETHEUS_MULTIPROC_DIR`` (a temporary directory unless
+the user named one), so ``/metrics`` in any worker shows the counts of every worker and
+of the forwarder (:mod:`adapter.metrics`).
 """
 
 from __future__ import annotations
@@ -13,12 +17,15 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 
 import gunicorn
+
+from adapter import metrics
 
 __all__ = ["gunicorn_command", "serve", "spawn"]
 
@@ -64,15 +71,16 @@ def gunicorn_command(bind: str, workers: int, threads: int) -> list[str]:
 class _Child:
     """One supervised child process, restarted with backoff when it dies."""
 
-    def __init__(self, name: str, command: list[str]) -> None:
+    def __init__(self, name: str, command: list[str], env: dict[str, str] | None = None) -> None:
         self.name = name
         self.command = command
+        self.env = env
         self.process: subprocess.Popen | None = None
         self.restarts = 0
         self.next_start = 0.0
 
     def start(self) -> None:
-        self.process = spawn(self.command)
+        self.process = spawn(self.command, self.env)
         log.info("started %s (pid %d)", self.name, self.process.pid)
 
     def check(self, now: float) -> None:
@@ -84,6 +92,7 @@ class _Child:
         code = self.process.poll()
         if code is None:
             return
+        metrics.process_exited(self.process.pid, (self.env or {}).get(metrics.ENV))
         self.restarts += 1
         delay = min(30.0, 0.5 * 2 ** min(self.restarts, 6))
         log.error("%s exited with %s; restarting in %.1fs", self.name, code, delay)
@@ -106,9 +115,19 @@ class _Child:
 
 def serve(bind: str, workers: int, threads: int) -> int:
     """Run gunicorn and the forwarder until SIGTERM/SIGINT; returns the exit code."""
+    metrics_dir, temporary = metrics.prepare_multiprocess_dir()
+    env = {**os.environ, metrics.ENV: metrics_dir}
+    try:
+        return _supervise(bind, workers, threads, env)
+    finally:
+        if temporary:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _supervise(bind: str, workers: int, threads: int, env: dict[str, str]) -> int:
     children = [
-        _Child("web", gunicorn_command(bind, workers, threads)),
-        _Child("forwarder", [sys.executable, "-m", "adapter.cli", "forward"]),
+        _Child("web", gunicorn_command(bind, workers, threads), env),
+        _Child("forwarder", [sys.executable, "-m", "adapter.cli", "forward"], env),
     ]
     stopping = False
 

@@ -27,7 +27,7 @@ import orjson
 from flask import Blueprint, Flask, Response, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from adapter import api, segment
+from adapter import api, metrics, segment
 from adapter.forwarder import MISO_STATUS
 from adapter.ingest import ingest
 from adapter.mapping import Translator, load_mapping
@@ -146,7 +146,7 @@ def _ingest_segment(messages: list[tuple[str, dict | None, str | None]]):
         for _, m, problem in messages
     ]
     try:
-        return ingest(
+        result = ingest(
             _store(),
             _translator("segment"),
             events,
@@ -156,6 +156,8 @@ def _ingest_segment(messages: list[tuple[str, dict | None, str | None]]):
     except StoreError as exc:
         log.error("store cannot persist, answering 503: %s", exc)
         raise ApiError(503, "cannot store the events right now; retry later") from None
+    metrics.count_ingest("segment", result)
+    return result
 
 
 @bp.post("/segment")
@@ -256,12 +258,20 @@ class _Bounded(io.RawIOBase):
         return len(data)
 
 
-def _token_required() -> None:
-    """Operator routes need ``Authorization: Bearer <ADAPTER_TOKEN>`` when it is set."""
+def _token_required(*, always: bool = False) -> None:
+    """Operator routes need ``Authorization: Bearer <ADAPTER_TOKEN>`` when it is set.
+
+    ``always``: a route that must never be open (it reveals traffic) is refused while
+    no token is configured: 401 to a request without credentials (HTTP's "authenticate
+    first"), 403 to one with credentials, both saying to set ADAPTER_TOKEN.
+    """
     token = current_app.config["ADAPTER_TOKEN"]
-    if not token:
+    if not token and not always:
         return
     header = request.headers.get("Authorization", "")
+    if not token:
+        unset = f"ADAPTER_TOKEN is not set: set it to use {request.path}, which is never open"
+        raise ApiError(403 if header else 401, unset if header else f"missing token; {unset}")
     given = header[7:].strip() if header[:7].lower() == "bearer " else ""
     if not hmac.compare_digest(given.encode(), token.encode()):
         raise ApiError(401, "missing or invalid bearer token")
@@ -336,6 +346,9 @@ def mixpanel_export():
     except StoreError as exc:
         log.error("store cannot persist, answering 503: %s", exc)
         raise ApiError(503, "cannot store the events right now; retry later") from None
+    finally:
+        # What was read and stored counts, even when the upload is cut off or refused.
+        metrics.count_ingest("mixpanel", summary.result, malformed=summary.malformed)
     if summary.rows and summary.malformed == summary.rows:
         raise ApiError(400, f"no readable Mixpanel rows: {errors[0]}")
     if not summary.rows:
@@ -415,6 +428,13 @@ def readyz():
     return response
 
 
+@bp.get("/metrics")
+def metrics_exposition():
+    """Prometheus metrics of every process of the service; needs ADAPTER_TOKEN, always."""
+    _token_required(always=True)
+    return Response(metrics.scrape(_store()), content_type=metrics.CONTENT_TYPE)
+
+
 @bp.get("/openapi.json")
 def openapi_document():
     """The OpenAPI 3 document of these routes (also in docs/openapi.json)."""
@@ -451,7 +471,9 @@ def _warn_open(app: Flask) -> None:
     if not app.config["MISO_API_KEY"]:
         log.warning("MISO_API_KEY is not set: events are stored but not sent; /readyz says so")
     if not app.config["ADAPTER_TOKEN"]:
-        log.warning("ADAPTER_TOKEN is not set: /mixpanel accepts uploads from anyone")
+        log.warning(
+            "ADAPTER_TOKEN is not set: /mixpanel accepts uploads from anyone; /metrics is refused"
+        )
 
 
 def init_app(app: Flask) -> None:
