@@ -413,12 +413,10 @@ def _serve_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _logging() -> None:
-    level = os.environ.get("ADAPTER_LOG_LEVEL", "INFO").upper()
-    logging.basicConfig(
-        level=level if level in logging.getLevelNamesMapping() else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s",
-        stream=sys.stderr,
-    )
+    """The service's logs (serve, forward): JSON lines by default (adapter.logs)."""
+    from adapter import logs
+
+    logs.configure()
 
 
 def _preflight(*, mappings: bool = True) -> Config | None:
