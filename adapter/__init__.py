@@ -7,7 +7,6 @@ translate source events), :class:`Translation`, :class:`Link`, :class:`MappingEr
 
 from __future__ import annotations
 
-import logging
 from typing import TYPE_CHECKING, Any
 
 from adapter.identity import Link
@@ -24,16 +23,12 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     # Imported here so the CLI's translate path never pays for Flask's import.
     from flask import Flask
 
-    from adapter import web
+    from adapter import logs, web
     from adapter.config import Config
 
-    if not logging.getLogger().handlers:
-        # Under gunicorn (or a bare `flask run`) nobody configured logging: without this,
-        # our warnings would print without time, level or origin.
-        logging.basicConfig(
-            level=logging.INFO,
-            format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s",
-        )
+    # Under gunicorn (or a bare `flask run`) nobody configured logging: JSON lines, as
+    # serve and forward write them (adapter.logs); an application's own setup is kept.
+    logs.configure()
     app = Flask(__name__)
     app.config.from_object(Config())
     if test_config is not None:

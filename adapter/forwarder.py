@@ -97,7 +97,7 @@ class Forwarder:
                     self.store.purge_expired()
                     last_upkeep = time.monotonic()
             except StoreError as exc:
-                log.error("store unavailable, retrying: %s", exc)
+                log.error("store unavailable, retrying: %s", exc, extra={"event": "store_error"})
                 busy = False
             if not busy:
                 stop.wait(self._idle_wait())
@@ -159,7 +159,11 @@ class Forwarder:
         if invalid:
             self.store.dead_letter(invalid)
             metrics.count_dead_lettered("record", "invalid", len(invalid))
-            log.warning("dead-lettered %d invalid records before sending", len(invalid))
+            log.warning(
+                "dead-lettered %d invalid records before sending",
+                len(invalid),
+                extra={"event": "dead_letter", "count": len(invalid), "reason": "invalid"},
+            )
         pending = [valid] if valid else []
         while pending:
             items = pending.pop()
@@ -209,7 +213,12 @@ class Forwarder:
                     [(items[i].id, f"Miso refused it (422): {msg}") for i, msg in named.items()]
                 )
                 metrics.count_dead_lettered(items[0].kind, "rejected", len(named))
-                log.warning("Miso refused %d of %d records (422)", len(named), len(items))
+                log.warning(
+                    "Miso refused %d of %d records (422)",
+                    len(named),
+                    len(items),
+                    extra={"event": "dead_letter", "count": len(named), "status": 422},
+                )
                 rest = [item for i, item in enumerate(items) if i not in named]
                 return [rest] if rest else []
             return self._split(items, f"Miso refused it (422): {outcome.message}", "rejected")
@@ -227,7 +236,12 @@ class Forwarder:
         reason = f"Miso refused it ({outcome.status}): {outcome.message}"
         self.store.dead_letter([(i, reason) for i in ids])
         metrics.count_dead_lettered(items[0].kind, "refused", len(ids))
-        log.error("dead-lettered %d records: %s", len(ids), reason)
+        log.error(
+            "dead-lettered %d records: %s",
+            len(ids),
+            reason,
+            extra={"event": "dead_letter", "count": len(ids), "status": outcome.status},
+        )
         return []
 
     def _split(self, items: list[Claimed], reason: str, why: str) -> list[list[Claimed]]:
@@ -258,8 +272,10 @@ class Forwarder:
             self.store.retry_later([i.id for i in waiting], delay, error)
             metrics.count_retried(waiting)
             log.warning(
-                "Miso unavailable (%s); %d records retry in %.1fs", error, len(waiting), delay
-            )
+                "Miso unavailable (%s); %d records retry in %.1fs", error, len(waiting), delay,
+                extra={"event": "miso_error", "status": outcome.status, "count": len(waiting),
+                       "delay": round(delay, 3)},
+            )  # fmt: skip
 
     # ------------------------------------------------------------------ deletions
 
@@ -299,12 +315,13 @@ class Forwarder:
                 outcome.status,
                 outcome.message,
                 self.settings.pause_interval,
+                extra={"event": "miso_paused", "status": outcome.status},
             )
 
     def _resume(self) -> None:
         self.paused_until = 0.0
         self.store.set_status(MISO_STATUS, None)
-        log.warning("Miso accepts the key again: sending resumed")
+        log.warning("Miso accepts the key again: sending resumed", extra={"event": "miso_resumed"})
 
 
 def _invalid(record: dict) -> str | None:

@@ -1,11 +1,13 @@
 """Gunicorn settings that a command-line flag cannot express (``serve`` passes this file).
 
-Only what changes how a worker behaves under load lives here; binds, worker counts
-and timeouts stay on the command line (:func:`adapter.serve.gunicorn_command`).
+Only what changes how a worker behaves (under load, in its logs, for metrics) lives
+here; binds, worker counts and timeouts stay on the command line
+(:func:`adapter.serve.gunicorn_command`).
 """
 
 from __future__ import annotations
 
+import os
 import sys
 
 from adapter import metrics
@@ -16,6 +18,38 @@ from adapter import metrics
 #: and it holds the store's write lock meanwhile: at 5 ms, single-message webhooks saw a
 #: p99 of ~45 ms; at 1 ms ~30 ms (bench/webhook.py, 16 keep-alive clients).
 SWITCH_INTERVAL = 0.001
+
+# Gunicorn's own messages (workers booting, timeouts) in the service's log format too:
+# one JSON object per line unless ADAPTER_LOG_FORMAT=text (see adapter.logs).
+_FORMATTER = (
+    {"format": "%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s"}
+    if os.environ.get("ADAPTER_LOG_FORMAT", "json").lower() == "text"
+    else {"()": "adapter.logs.JsonFormatter"}
+)
+_LEVEL = os.environ.get("ADAPTER_LOG_LEVEL", "INFO").upper()
+logconfig_dict = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"adapter": _FORMATTER},
+    # Gunicorn merges this over its defaults: both of its handler names are redefined.
+    "handlers": {
+        name: {
+            "class": "logging.StreamHandler",
+            "formatter": "adapter",
+            "stream": "ext://sys.stderr",
+        }
+        for name in ("console", "error_console")
+    },
+    "loggers": {
+        "gunicorn.error": {"level": "INFO", "handlers": ["error_console"], "propagate": False},
+        "gunicorn.access": {"level": "INFO", "handlers": ["console"], "propagate": False},
+    },
+    # The app's own loggers (adapter.*) reach the root: same format, ADAPTER_LOG_LEVEL.
+    "root": {
+        "level": _LEVEL if _LEVEL in ("DEBUG", "INFO", "WARNING", "ERROR") else "INFO",
+        "handlers": ["console"],
+    },
+}
 
 
 def post_worker_init(worker: object) -> None:

@@ -113,12 +113,22 @@ class MappingWatcher:
                 self.rejections.pop(name, None)
                 self._publish(name, text)
                 metrics.count_reload(name, "ok")
-                log.info("reloaded %s: %d rules", path, translator.rule_count)
+                log.info(
+                    "reloaded %s: %d rules",
+                    path,
+                    translator.rule_count,
+                    extra={"event": "reload", "path": str(path), "rules": translator.rule_count},
+                )
                 return
         self.rejections[name] = problems
         metrics.count_reload(name, "rejected")
         for problem in problems:
-            log.error("rejected edit of %s, the last good version stays live: %s", path, problem)
+            log.error(
+                "rejected edit of %s, the last good version stays live: %s",
+                path,
+                problem,
+                extra={"event": "reload_rejected", "path": str(path)},
+            )
         self._adopt_shared(name, path)
 
     def _publish(self, name: str, text: str) -> None:

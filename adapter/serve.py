@@ -81,7 +81,12 @@ class _Child:
 
     def start(self) -> None:
         self.process = spawn(self.command, self.env)
-        log.info("started %s (pid %d)", self.name, self.process.pid)
+        log.info(
+            "started %s (pid %d)",
+            self.name,
+            self.process.pid,
+            extra={"event": "child_started", "child": self.name},
+        )
 
     def check(self, now: float) -> None:
         """Restart if it exited: quickly at first, then backing off up to 30 s."""
@@ -95,7 +100,13 @@ class _Child:
         metrics.process_exited(self.process.pid, (self.env or {}).get(metrics.ENV))
         self.restarts += 1
         delay = min(30.0, 0.5 * 2 ** min(self.restarts, 6))
-        log.error("%s exited with %s; restarting in %.1fs", self.name, code, delay)
+        log.error(
+            "%s exited with %s; restarting in %.1fs",
+            self.name,
+            code,
+            delay,
+            extra={"event": "child_exited", "child": self.name, "exit_code": code},
+        )
         self.process, self.next_start = None, now + delay
 
     def stop(self) -> None:
@@ -138,14 +149,15 @@ def _supervise(bind: str, workers: int, threads: int, env: dict[str, str]) -> in
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     log.info("serving on %s with %d workers x %d threads (pid %d)", bind, workers, threads,
-             os.getpid())  # fmt: skip
+             os.getpid(), extra={"event": "start", "bind": bind, "workers": workers,
+                                 "threads": threads})  # fmt: skip
     for child in children:
         child.start()
     while not stopping:
         time.sleep(0.2)
         for child in children:
             child.check(time.monotonic())
-    log.info("stopping")
+    log.info("stopping", extra={"event": "stop"})
     for child in children:
         child.stop()
     deadline = time.monotonic() + 25

@@ -154,7 +154,7 @@ def _ingest_segment(messages: list[tuple[str, dict | None, str | None]]):
             dedup_ttl=current_app.config["DEDUP_HOURS"] * 3600,
         )
     except StoreError as exc:
-        log.error("store cannot persist, answering 503: %s", exc)
+        log.error("store cannot persist, answering 503: %s", exc, extra={"event": "store_error"})
         raise ApiError(503, "cannot store the events right now; retry later") from None
     metrics.count_ingest("segment", result)
     return result
@@ -344,7 +344,7 @@ def mixpanel_export():
     except (OSError, EOFError, zlib.error) as exc:
         raise ApiError(400, f"body is not valid gzip: {exc}") from None
     except StoreError as exc:
-        log.error("store cannot persist, answering 503: %s", exc)
+        log.error("store cannot persist, answering 503: %s", exc, extra={"event": "store_error"})
         raise ApiError(503, "cannot store the events right now; retry later") from None
     finally:
         # What was read and stored counts, even when the upload is cut off or refused.

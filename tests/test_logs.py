@@ -88,3 +88,32 @@ def test_configure_leaves_existing_logging_alone(bare_root):
         root.addHandler(mine)
         logs.configure()
         assert root.handlers == [mine]
+
+
+def test_a_real_service_logs_json_lines_with_its_events(tmp_path):
+    """serve's whole log is JSON lines: start, children, a Miso error; no secret in it."""
+    import time
+
+    from test_service import MISO_KEY, SECRET, WRITE_KEY, Service, message
+
+    from adapter.testing import FakeMiso
+
+    with FakeMiso(api_key=MISO_KEY) as miso:
+        service = Service(tmp_path, miso).start()
+        try:
+            miso.fail_next(500)
+            assert service.post("/segment", message(product_id="logged-1")).status_code == 200
+            deadline = time.monotonic() + 20
+            while not miso.records:
+                assert time.monotonic() < deadline, service.tail()
+                time.sleep(0.1)
+        finally:
+            service.stop()
+    text = service.log.read_text()
+    lines = [orjson.loads(line) for line in text.splitlines() if line.strip()]
+    events = {line.get("event") for line in lines}
+    assert {"start", "child_started", "miso_error", "stop"} <= events, events
+    (error,) = [line for line in lines if line.get("event") == "miso_error"]
+    assert (error["status"], error["count"], error["level"]) == (500, 1, "warning")
+    for secret in (MISO_KEY, SECRET, WRITE_KEY):
+        assert secret not in text
