@@ -35,7 +35,7 @@ With ``--batch N`` (N > 1) each request is instead a Webhooks (Actions) batch: a
 array of N such messages, every one with its own ``messageId``, written as
 ``JSON.stringify`` writes it, and ``X-Signature`` the HMAC-SHA1 of ``JSON.stringify`` of
 the first element, as Segment signs batches (``adapter.segment.signature_ok``). To keep
-a run's gigabytes of unique bodies out of memory, ``bench/wrk_batches.lua`` assembles each
+a run's gigabytes of unique bodies out of memory, ``bench/wrk_requests.lua`` assembles each
 request from a pre-signed first message and one shared text of the other N-1 messages
 whose messageIds it stamps with the request's number. The default is then 8 connections,
 one per gunicorn thread (2 workers x 4): a 1 MB request keeps a thread busy for tens of
@@ -101,7 +101,6 @@ sys.path.insert(1, str(ROOT))
 from common import BenchError, CountingMiso  # noqa: E402
 
 LUA = BENCH / "wrk_requests.lua"
-LUA_BATCHES = BENCH / "wrk_batches.lua"
 SECRET = "bench-segment-shared-secret"
 API_KEY = "bench-miso-key"
 APP_TARGET = "adapter:create_app()"
@@ -198,11 +197,11 @@ def write_requests(path: Path, count: int, secret: str) -> int:
     return total
 
 
-PLACEHOLDER = "@@@@@@@@"  # replaced per request by wrk_batches.lua (8 hex digits)
+PLACEHOLDER = "@@@@@@@@"  # replaced per request by wrk_requests.lua (8 hex digits)
 
 
 def write_batches(heads: Path, rest: Path, count: int, batch: int, secret: str) -> int:
-    """Write what wrk_batches.lua needs for ``count`` arrays of ``batch`` messages.
+    """Write what wrk_requests.lua needs for ``count`` arrays of ``batch`` messages.
 
     ``heads``: one ``SIGNATURE FIRST-MESSAGE`` line per request, the signature being the
     HMAC-SHA1 of ``JSON.stringify`` of that first message, as Segment signs a Webhooks
@@ -342,9 +341,7 @@ def run_wrk(
     """
     threads = args.wrk_threads
     url = f"http://127.0.0.1:{port}/segment"
-    script, extra = LUA, []
-    if args.batch > 1:
-        script, extra = LUA_BATCHES, [str(args.rest_file)]
+    script, extra = LUA, [str(args.rest_file)] if args.batch > 1 else []
     command = [
         "wrk", "--threads", str(threads), "--connections", str(args.connections),
         "--duration", f"{max(1, round(seconds))}s", "--timeout", "10s", "--latency",
