@@ -36,11 +36,15 @@ import orjson
 from adapter import values
 from adapter.reader import ReadError
 
-__all__ = ["Normalizer", "iter_rows", "open_export"]
+__all__ = ["NOT_AN_EVENT", "NOT_AN_OBJECT", "Normalizer", "iter_rows", "open_export"]
 
 DEVICE_PREFIX = "$device:"
 IDENTITY_EVENTS = ("$identify", "$create_alias", "$merge")
 HOT_SHARD = "$hotshard_events"
+#: Skip reasons of rows that are no Mixpanel event at all (the /mixpanel route refuses a
+#: body made only of such rows).
+NOT_AN_EVENT = "not a Mixpanel event"
+NOT_AN_OBJECT = f"{NOT_AN_EVENT}: expected a JSON object"
 
 # Mixpanel system properties: bookkeeping of Mixpanel's pipeline, never behaviour.
 _SYSTEM = frozenset(
@@ -177,7 +181,7 @@ class Normalizer:
     def __call__(self, row: Any) -> tuple[str | None, dict | str]:
         """``(dedup key, event)``, or ``(None, reason)`` for a row that is not an event."""
         if not isinstance(row, dict):
-            return None, "not a Mixpanel event: expected a JSON object"
+            return None, NOT_AN_OBJECT
         local_time = True
         if "event_name" in row and "event" not in row:
             row = _from_pipeline(row)
@@ -187,7 +191,7 @@ class Normalizer:
         if not isinstance(props, dict):
             props = {}
         if not isinstance(name, str) or not name:
-            return None, "not a Mixpanel event: no event name"
+            return None, f"{NOT_AN_EVENT}: no event name"
         if name == HOT_SHARD:
             original = props.get("mp_original_event_name")
             if isinstance(original, str) and original:

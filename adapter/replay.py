@@ -147,7 +147,6 @@ def _rows(path: Path) -> Iterator[tuple[str, Any, int]]:
             if not count & 255:
                 position = raw.tell()
             yield where, row, position
-        position = raw.tell()
     finally:
         stream.close()
         raw.close()

@@ -32,7 +32,7 @@ from adapter.forwarder import MISO_STATUS
 from adapter.ingest import ingest
 from adapter.mapping import Translator, load_mapping
 from adapter.miso import key_id
-from adapter.mixpanel import Normalizer, iter_rows
+from adapter.mixpanel import NOT_AN_EVENT, NOT_AN_OBJECT, Normalizer, iter_rows
 from adapter.reload import MappingWatcher
 from adapter.replay import ReplaySummary, chunks
 from adapter.store import Store, StoreError, open_store
@@ -54,8 +54,6 @@ _TRACKING_CALLS = ("track", "page", "screen", "identify", "alias", "group")
 _SHORT = {"t": "track", "p": "page", "s": "screen", "i": "identify", "a": "alias", "g": "group"}
 # analytics.js posts text/plain (no preflight)
 _JSON_TYPES = ("application/json", "text/plain")
-_NOT_AN_EVENT = "not a Mixpanel event"  # adapter.mixpanel's reasons start with it
-_NOT_AN_OBJECT = f"{_NOT_AN_EVENT}: expected a JSON object"
 
 
 class ApiError(HTTPException):
@@ -356,9 +354,9 @@ def mixpanel_export():
     # The wrong shape altogether (no row is a Mixpanel event) is refused; in a real export,
     # the odd row that cannot be used is tolerated and counted as skipped.
     skipped = summary.result.skipped
-    not_events = sum(n for reason, n in skipped.items() if reason.startswith(_NOT_AN_EVENT))
+    not_events = sum(n for reason, n in skipped.items() if reason.startswith(NOT_AN_EVENT))
     if not_events == summary.rows - summary.malformed:
-        if skipped.get(_NOT_AN_OBJECT, 0) == not_events:
+        if skipped.get(NOT_AN_OBJECT, 0) == not_events:
             raise ApiError(400, "no Mixpanel events in the body: expected JSON objects as rows")
         raise ApiError(
             400, "no Mixpanel events in the body: rows need an event name ('event' or "

@@ -299,7 +299,8 @@ class SqliteStore:
 
     def _accept_in(self, db: sqlite3.Connection, job: _Accept, now: float) -> list[bool]:
         """One accept's dedup and inserts, inside the group's transaction."""
-        fresh = self._fresh_keys(db, [i.dedup_key for i in job.batch if i.dedup_key], job, now)
+        keys = [i.dedup_key for i in job.batch if i.dedup_key]
+        fresh = self._fresh_keys(db, keys, job.dedup_ttl, now)
         duplicates: list[bool] = []
         rows: list[tuple] = []
         for item in job.batch:
@@ -332,7 +333,7 @@ class SqliteStore:
         return duplicates
 
     @staticmethod
-    def _fresh_keys(db: sqlite3.Connection, keys: list[str], job: _Accept, now: float) -> set[str]:
+    def _fresh_keys(db: sqlite3.Connection, keys: list[str], ttl: float, now: float) -> set[str]:
         """Record the dedup keys; returns those that were new (or expired), in one statement.
 
         A new key is inserted and an expired one revived; a live key changes nothing and
@@ -347,7 +348,7 @@ class SqliteStore:
                 "INSERT INTO dedup (key, expires_at) SELECT value, ? FROM json_each(?) WHERE true "
                 "ON CONFLICT (key) DO UPDATE SET expires_at = excluded.expires_at "
                 "WHERE dedup.expires_at <= ? RETURNING key",
-                (now + job.dedup_ttl, orjson.dumps(keys), now),
+                (now + ttl, orjson.dumps(keys), now),
             )
         }
 
