@@ -26,6 +26,7 @@ from typing import Any, Protocol
 from adapter.identity import Link
 
 __all__ = [
+    "ACTIVITY_KEEP_MINUTES",
     "Claimed",
     "DeadLetter",
     "Incoming",
@@ -33,6 +34,10 @@ __all__ = [
     "StoreError",
     "open_store",
 ]
+
+
+#: Minutes per-minute activity tallies are kept (a day and an hour); older ones are dropped.
+ACTIVITY_KEEP_MINUTES = 25 * 60
 
 
 class StoreError(Exception):
@@ -141,8 +146,22 @@ class Store(Protocol):
     def ping(self) -> None:
         """Raise StoreError unless the store is writable."""
 
+    def add_activity(self, rows: Sequence[tuple[int, str, str, str, int]]) -> None:
+        """Add to per-minute tallies: (minute, metric, source, key, n), minute = epoch s // 60.
+
+        Tallies older than ACTIVITY_KEEP_MINUTES are dropped (here or by purge_expired).
+        """
+
+    def activity(self, since_minute: int) -> list[tuple[int, str, str, str, int]]:
+        """Tallies of minutes >= since_minute, one row per (minute, metric, source, key), summed
+        over every process/host that added to it; any order."""
+
+    def links_overview(self, limit: int = 20) -> dict[str, Any]:
+        """{"total": number of anonymous ids linked to a user, "recent": up to `limit` links,
+        newest first, each {"anonymous_id", "user_id", "linked_at"}} (for the operator console)."""
+
     def purge_expired(self) -> int:
-        """Drop expired dedup keys; returns how many."""
+        """Drop expired dedup keys (returns how many) and activity tallies past their keep."""
 
     def close(self) -> None:
         """Release connections."""

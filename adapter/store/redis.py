@@ -26,7 +26,10 @@ Key layout (``P`` = the prefix, ``miso-adapter:`` by default)::
     P dedup:<key>       string, SET NX PX <window>: alive = duplicate
     P link              hash  anonymous id -> user id
     P user:<user id>    zset  anonymous id -> linked_at (µs), most recent = highest
+    P links:recent      zset  anonymous id -> linked_at (µs): the 100 newest links
     P status            hash  name -> JSON (shared status, e.g. Miso refused the key)
+    P activity:<minute> hash  JSON [metric, source, key] -> count (HINCRBY), expiring
+                              ACTIVITY_KEEP_MINUTES after its minute
 
 Ids: every spool item and dead letter gets a number from ``P seq``; its stream entry
 id is ``0-<n>`` and ``Claimed.id`` / ``DeadLetter.id`` is ``n``. Ids are unique across
@@ -64,6 +67,7 @@ what survives is always a consistent prefix.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -74,7 +78,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from adapter.store import Claimed, DeadLetter, Incoming, StoreError
+from adapter.store import ACTIVITY_KEEP_MINUTES, Claimed, DeadLetter, Incoming, StoreError
 
 __all__ = ["DEFAULT_PREFIX", "GROUP", "RedisStore"]
 
@@ -94,6 +98,7 @@ local P = ARGV[1]
 local G = 'forwarders'
 local STATE, CANCELLED, REQUEUED = P .. 'state', P .. 'cancelled', P .. 'requeued'
 local DEAD, SEQ, LINK = P .. 'dead', P .. 'seq', P .. 'link'
+local RECENT = P .. 'links:recent'
 local function stream(kind) return P .. 'spool:' .. kind end
 local function leased(kind) return P .. 'leased:' .. kind end
 local function ready(kind) return P .. 'ready:' .. kind end
@@ -267,11 +272,16 @@ for k, it in ipairs(items) do
   if not dup then count = count + #it.records + (it.notice and 1 or 0) end
 end
 
+-- The newest links, by anonymous id: an id linked again (every event carrying both
+-- ids links them) moves up instead of crowding the others out. Trimmed once, at the end.
+local linked = false
 local function link(anonymous, user)
   local old = redis.call('HGET', LINK, anonymous)
   if old and old ~= user then redis.call('ZREM', P .. 'user:' .. old, anonymous) end
   redis.call('HSET', LINK, anonymous, user)
   redis.call('ZADD', P .. 'user:' .. user, n2s(now), anonymous)
+  redis.call('ZADD', RECENT, n2s(now), anonymous)
+  linked = true
 end
 
 -- A deletion: drop the users' queued records (and those of their anonymous ids) and
@@ -322,7 +332,10 @@ local function forget(users)
   for _, u in ipairs(users) do
     local key = P .. 'user:' .. u
     for _, a in ipairs(redis.call('ZRANGE', key, 0, -1)) do
-      if redis.call('HGET', LINK, a) == u then redis.call('HDEL', LINK, a) end
+      if redis.call('HGET', LINK, a) == u then
+        redis.call('HDEL', LINK, a)
+        redis.call('ZREM', RECENT, a)
+      end
     end
     redis.call('DEL', key)
   end
@@ -348,6 +361,7 @@ for k, it in ipairs(items) do
     end
   end
 end
+if linked then redis.call('ZREMRANGEBYRANK', RECENT, 0, -101) end
 if ARGV[3] ~= '' then
   if ARGV[4] == '' then redis.call('HDEL', P .. 'status', ARGV[3])
   else redis.call('HSET', P .. 'status', ARGV[3], ARGV[4]) end
@@ -627,6 +641,26 @@ end
 return {as_anonymous, redis.call('ZREVRANGE', P .. 'user:' .. id, 0, -1, 'WITHSCORES')}
 """
 
+# ARGV: prefix, limit. The number of linked anonymous ids, then (anonymous id, user,
+# linked_at) of the newest links, newest first. A deletion takes its links out of RECENT;
+# the link is checked anyway, so a stray entry never shows a link that is gone.
+_LINKS_OVERVIEW = r"""
+local limit = tonumber(ARGV[2])
+local out = {}
+if limit >= 1 then
+  local newest = redis.call('ZREVRANGE', RECENT, 0, limit - 1, 'WITHSCORES')
+  for i = 1, #newest, 2 do
+    local user = redis.call('HGET', LINK, newest[i])
+    if user then
+      out[#out + 1] = newest[i]
+      out[#out + 1] = user
+      out[#out + 1] = newest[i + 1]
+    end
+  end
+end
+return {redis.call('HLEN', LINK), out}
+"""
+
 # ARGV: prefix, idle (ms). Forget consumers (forwarders) idle that long holding nothing.
 _UPKEEP = r"""
 local idle = tonumber(ARGV[2])
@@ -656,8 +690,17 @@ def _num(sid: bytes | str) -> int:
     return int(sid[2:])
 
 
-def _seconds(us: bytes | str) -> float:
+def _seconds(us: bytes | str | float) -> float:
     return int(us) / 1_000_000
+
+
+def _now_minute() -> int:
+    return int(time.time() // 60)
+
+
+def _activity_expiry(minute: int) -> int:
+    """When a minute's tallies leave the keep (epoch seconds): as activity() stops reading it."""
+    return (minute + ACTIVITY_KEEP_MINUTES + 1) * 60
 
 
 class RedisStore:
@@ -711,6 +754,7 @@ class RedisStore:
                 ("purge_dead", _PURGE_DEAD),
                 ("stats", _STATS),
                 ("links_of", _LINKS_OF),
+                ("links_overview", _LINKS_OVERVIEW),
                 ("upkeep", _UPKEEP),
             )
         }
@@ -909,6 +953,17 @@ class RedisStore:
             "anonymous": [{"anonymous_id": a.decode(), "linked_at": _seconds(t)} for a, t in pairs],
         }
 
+    def links_overview(self, limit: int = 20) -> dict[str, Any]:
+        """How many anonymous ids are linked, and the newest links (the 100 newest are kept)."""
+        total, newest = self._run("read the identity links overview", "links_overview", [limit])
+        return {
+            "total": int(total),
+            "recent": [
+                {"anonymous_id": a.decode(), "user_id": u.decode(), "linked_at": _seconds(t)}
+                for a, u, t in zip(newest[::3], newest[1::3], newest[2::3], strict=True)
+            ],
+        }
+
     # ------------------------------------------------------------------ forwarding
 
     def claim(
@@ -1015,6 +1070,43 @@ class RedisStore:
             "oldest_age": round(_seconds(age), 3) if age else 0.0,
             "dead_letters": int(dead),
         }
+
+    def add_activity(self, rows: Sequence[tuple[int, str, str, str, int]]) -> None:
+        """Add to the per-minute tallies in one MULTI/EXEC; each minute's hash expires."""
+        oldest = _now_minute() - ACTIVITY_KEEP_MINUTES
+        # Summed here first: a call often repeats a tally, and it is one HINCRBY less.
+        sums: dict[tuple[int, bytes], int] = {}
+        for minute, metric, source, key, n in rows:
+            if minute >= oldest:
+                slot = (minute, orjson.dumps([metric, source, key]))
+                sums[slot] = sums.get(slot, 0) + n
+        if not sums:
+            return
+        with self._redis("add to the activity tallies"):
+            pipe = self._client.pipeline(transaction=True)
+            for (minute, name), n in sums.items():
+                pipe.hincrby(self._key(f"activity:{minute}"), name, n)
+            for minute in {minute for minute, _ in sums}:
+                pipe.expireat(self._key(f"activity:{minute}"), _activity_expiry(minute))
+            pipe.execute()
+
+    def activity(self, since_minute: int) -> list[tuple[int, str, str, str, int]]:
+        """The tallies of ``since_minute`` up to this minute, within the keep."""
+        now = _now_minute()
+        minutes = range(max(since_minute, now - ACTIVITY_KEEP_MINUTES), now + 1)
+        if not minutes:
+            return []
+        with self._redis("read the activity tallies"):
+            pipe = self._client.pipeline(transaction=False)
+            for minute in minutes:
+                pipe.hgetall(self._key(f"activity:{minute}"))
+            tallies = pipe.execute()
+        rows = []
+        for minute, fields in zip(minutes, tallies, strict=True):
+            for name, n in fields.items():
+                metric, source, key = orjson.loads(name)
+                rows.append((minute, metric, source, key, int(n)))
+        return rows
 
     def ping(self) -> None:
         """Write a key: proves Redis is reachable and takes writes (not a replica, not full)."""

@@ -24,7 +24,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import orjson
 
-from adapter.store import Claimed, DeadLetter, Incoming, StoreError
+from adapter.store import ACTIVITY_KEEP_MINUTES, Claimed, DeadLetter, Incoming, StoreError
 
 __all__ = ["SqliteStore"]
 
@@ -71,12 +71,27 @@ CREATE TABLE IF NOT EXISTS links (
     linked_at REAL NOT NULL
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS links_user ON links (user_id, linked_at);
+-- The console's newest links: read backwards from the top instead of sorting every link.
+CREATE INDEX IF NOT EXISTS links_recent ON links (linked_at);
 CREATE TABLE IF NOT EXISTS status (
     name TEXT PRIMARY KEY,
     value BLOB NOT NULL,
     updated_at REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS activity (
+    minute INTEGER NOT NULL,            -- epoch seconds // 60
+    metric TEXT NOT NULL,
+    source TEXT NOT NULL,
+    key TEXT NOT NULL,
+    n INTEGER NOT NULL,                 -- summed over every process that added to it
+    PRIMARY KEY (minute, metric, source, key)
+) WITHOUT ROWID;
 """
+
+_ADD_ACTIVITY = (
+    "INSERT INTO activity (minute, metric, source, key, n) VALUES (?, ?, ?, ?, ?) "
+    "ON CONFLICT (minute, metric, source, key) DO UPDATE SET n = n + excluded.n"
+)
 
 _SYNCHRONOUS = {"full": "FULL", "normal": "NORMAL", "extra": "EXTRA"}
 # Each connection checkpoints the WAL after this many of its own write transactions
@@ -453,6 +468,18 @@ class SqliteStore:
             "anonymous": [{"anonymous_id": a, "linked_at": t} for a, t in as_user],
         }
 
+    def links_overview(self, limit: int = 20) -> dict[str, Any]:
+        """How many anonymous ids are linked, and the ``limit`` newest links (links_recent)."""
+        (total,) = self._read("SELECT COUNT(*) FROM links")[0]
+        recent = self._read(
+            "SELECT anonymous_id, user_id, linked_at FROM links ORDER BY linked_at DESC LIMIT ?",
+            (max(0, limit),),
+        )
+        return {
+            "total": total,
+            "recent": [{"anonymous_id": a, "user_id": u, "linked_at": t} for a, u, t in recent],
+        }
+
     # ------------------------------------------------------------------ forwarding
 
     def claim(
@@ -622,12 +649,40 @@ class SqliteStore:
             "dead_letters": dead,
         }
 
+    def add_activity(self, rows: Sequence[tuple[int, str, str, str, int]]) -> None:
+        """Add to the per-minute tallies in one transaction; drops those past the keep."""
+        oldest = _oldest_kept_minute()
+        fresh = [row for row in rows if row[0] >= oldest]
+        if not fresh:
+            return
+        with self._write() as db:
+            db.executemany(_ADD_ACTIVITY, fresh)
+            # A range of the primary key: one seek when there is nothing to drop.
+            db.execute("DELETE FROM activity WHERE minute < ?", (oldest,))
+
+    def activity(self, since_minute: int) -> list[tuple[int, str, str, str, int]]:
+        """The tallies of ``since_minute`` on, within the keep."""
+        since = max(since_minute, _oldest_kept_minute())
+        return [
+            tuple(row)
+            for row in self._read(
+                "SELECT minute, metric, source, key, n FROM activity WHERE minute >= ?", (since,)
+            )
+        ]
+
     def ping(self) -> None:
         """Take and release the write lock: proves the file is writable right now."""
         with self._write():
             pass
 
     def purge_expired(self) -> int:
-        """Drop dedup keys past their window."""
+        """Drop dedup keys past their window (returns how many) and activity past its keep."""
         with self._write() as db:
+            # add_activity drops old tallies too, but only while something adds to them.
+            db.execute("DELETE FROM activity WHERE minute < ?", (_oldest_kept_minute(),))
             return db.execute("DELETE FROM dedup WHERE expires_at <= ?", (time.time(),)).rowcount
+
+
+def _oldest_kept_minute() -> int:
+    """The oldest minute whose activity is kept (now's minute - ACTIVITY_KEEP_MINUTES)."""
+    return int(time.time() // 60) - ACTIVITY_KEEP_MINUTES
