@@ -31,6 +31,19 @@ class IngestResult:
     links: int = 0
     deletions: int = 0
     types: Counter[str] = field(default_factory=Counter)  # Miso type → records accepted
+    # (kind, name/path/call) no rule claimed → events: what the console offers stubs for
+    uncovered: Counter[tuple[str, str]] = field(default_factory=Counter)
+
+    def add(self, other: IngestResult) -> None:
+        """Add ``other``'s counts to these (a chunk's counts to an upload's)."""
+        self.received += other.received
+        self.accepted += other.accepted
+        self.duplicates += other.duplicates
+        self.skipped.update(other.skipped)
+        self.links += other.links
+        self.deletions += other.deletions
+        self.types.update(other.types)
+        self.uncovered.update(other.uncovered)
 
     def as_dict(self) -> dict:
         """The JSON answer of the ingestion routes."""
@@ -65,7 +78,7 @@ def ingest(
     incoming: list[Incoming] = []
     # Per incoming item: records, deletions, links, and its skip reason (a link-only
     # message is skipped as an interaction): counted only once dedup has spoken.
-    counted: list[tuple[int, int, int, str | None]] = []
+    counted: list[tuple[list, int, int, str | None, tuple[str, str] | None]] = []
     for key, event in events:
         result.received += 1
         if isinstance(event, str):
@@ -74,6 +87,8 @@ def ingest(
         translation = translator.translate(event)
         if not (translation.records or translation.deletions or translation.links):
             result.skipped[translation.skipped or "nothing to send"] += 1
+            if translation.uncovered is not None:
+                result.uncovered[translation.uncovered] += 1
             continue
         incoming.append(
             Incoming(
@@ -86,10 +101,12 @@ def ingest(
         )
         counted.append(
             ([r.get("type") for r in translation.records], len(translation.deletions),
-             len(translation.links), translation.skipped)
+             len(translation.links), translation.skipped, translation.uncovered)
         )  # fmt: skip
     duplicates = store.accept(incoming, dedup_ttl, status) if incoming or status else []
-    for (types, n_deletions, n_links, skipped), duplicate in zip(counted, duplicates, strict=True):
+    for (types, n_deletions, n_links, skipped, uncovered), duplicate in zip(
+        counted, duplicates, strict=True
+    ):
         if duplicate:
             result.duplicates += 1
             continue
@@ -99,4 +116,6 @@ def ingest(
         result.links += n_links
         if skipped is not None:
             result.skipped[skipped] += 1
+        if uncovered is not None:
+            result.uncovered[uncovered] += 1
     return result

@@ -57,7 +57,7 @@ _NOTHING = object()
 class Translation:
     """What one source event became: Miso records, identity links, deletions, or why nothing."""
 
-    __slots__ = ("deletions", "links", "records", "skipped")
+    __slots__ = ("deletions", "links", "records", "skipped", "uncovered")
 
     def __init__(
         self,
@@ -65,16 +65,22 @@ class Translation:
         links: list[Link],
         deletions: list[str],
         skipped: str | None,
+        uncovered: tuple[str, str] | None = None,
     ) -> None:
         self.records = records
         self.links = links
         self.deletions = deletions
         self.skipped = skipped
+        # No rule of the table claimed the event (skipped, or sent by `unmatched: custom`):
+        # (kind, what a rule must match), kind "event", "page" or "call"; for the console's
+        # live list of uncovered names and their rule stubs.
+        self.uncovered = uncovered
 
     def __repr__(self) -> str:
         return (
             f"Translation(records={self.records!r}, links={self.links!r}, "
-            f"deletions={self.deletions!r}, skipped={self.skipped!r})"
+            f"deletions={self.deletions!r}, skipped={self.skipped!r}, "
+            f"uncovered={self.uncovered!r})"
         )
 
 
@@ -1015,7 +1021,8 @@ class Translator:
         rule, name, call, page = self._match(event, env)
         links = self._learn(self._links, event, env)
         if rule is None:
-            return Translation([], links, [], _unmatched_reason(name, call, page))
+            uncovered = _uncovered_target(name, call, page)
+            return Translation([], links, [], _unmatched_reason(name, call, page), uncovered)
         if rule.links:
             links += [x for x in self._learn(rule.links, event, env) if x not in links]
         deletions = []
@@ -1031,6 +1038,10 @@ class Translator:
         for required in rule.required:
             if required not in record:
                 return Translation([], links, deletions, f"no value for {required}")
+        if rule is self._unmatched:
+            return Translation(
+                [record], links, deletions, None, _uncovered_target(name, call, page)
+            )
         return Translation([record], links, deletions, None)
 
     @staticmethod
@@ -1054,6 +1065,18 @@ class Translator:
         if rule.items is not None:
             _add_items(record, rule.items, rule.item_fields, event, env)
         return record
+
+
+def _uncovered_target(name: str | None, call: str | None, page: Any) -> tuple[str, str] | None:
+    """(kind, match) a rule would need to claim an event no rule claimed, as in
+    :func:`_unmatched_reason`: its page path, else its event name, else its call type."""
+    if page is not _NOTHING and page:
+        return "page", page
+    if name is not None:
+        return "event", name
+    if call is not None:
+        return "call", call
+    return None
 
 
 def _unmatched_reason(name: str | None, call: str | None, page: Any) -> str:
