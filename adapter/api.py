@@ -60,6 +60,12 @@ class MixpanelIngestSchema(IngestSchema):
     errors = fields.List(
         fields.String(), required=True, metadata={"description": "the first 20, located"}
     )
+    types = fields.Dict(
+        keys=fields.String(),
+        values=fields.Integer(),
+        required=True,
+        metadata={"description": "records stored, by Miso type", "example": {"add_to_cart": 3}},
+    )
 
 
 class SuccessSchema(Schema):

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import orjson
 
 from adapter import metrics, records
+from adapter.activity import Activity
 from adapter.miso import MisoClient, Outcome
 from adapter.store import Claimed, Store, StoreError
 
@@ -72,8 +73,11 @@ class Forwarder:
         settings: ForwarderSettings | None = None,
         *,
         owner: str | None = None,
+        activity: Activity | None = None,
     ) -> None:
         self.store = store
+        # The console's per-minute tallies; flushed from this forwarder's own loop.
+        self.activity = activity if activity is not None else Activity(store).manual()
         self.client = client
         self.settings = settings or ForwarderSettings()
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
@@ -93,6 +97,7 @@ class Forwarder:
         while not stop.is_set():
             try:
                 busy = self.step()
+                self.activity.flush_if_due()
                 if time.monotonic() - last_upkeep > 3600:
                     self.store.purge_expired()
                     last_upkeep = time.monotonic()
@@ -101,6 +106,7 @@ class Forwarder:
                 busy = False
             if not busy:
                 stop.wait(self._idle_wait())
+        self.activity.flush()
 
     def _idle_wait(self) -> float:
         if self.paused_until > time.time():
@@ -134,7 +140,23 @@ class Forwarder:
             if not claimed:
                 break
             taken += claimed
+        self.activity.flush()
         return taken
+
+    # ------------------------------------------------------------------ counting
+
+    def _count(self, metric: str, items: list[Claimed]) -> None:
+        """Items forwarded or retried: Prometheus counters and the console's tallies."""
+        if metric == "forwarded":
+            metrics.count_forwarded(items)
+        else:
+            metrics.count_retried(items)
+        for kind in ("record", "delete"):
+            self.activity.delivery(metric, kind, sum(1 for i in items if i.kind == kind))
+
+    def _dead_lettered(self, kind: str, why: str, n: int) -> None:
+        metrics.count_dead_lettered(kind, why, n)
+        self.activity.delivery("dead_lettered", why, n)
 
     # ------------------------------------------------------------------ records
 
@@ -158,7 +180,7 @@ class Forwarder:
                 invalid.append((item.id, f"not sent, invalid for Miso: {problem}"))
         if invalid:
             self.store.dead_letter(invalid)
-            metrics.count_dead_lettered("record", "invalid", len(invalid))
+            self._dead_lettered("record", "invalid", len(invalid))
             log.warning(
                 "dead-lettered %d invalid records before sending",
                 len(invalid),
@@ -197,7 +219,7 @@ class Forwarder:
         ids = [i.id for i in items]
         if outcome.kind == "ok":
             self.store.ack(ids)
-            metrics.count_forwarded(items)
+            self._count("forwarded", items)
             if self.paused_until:
                 self._resume()
             elif self._first_ok:
@@ -212,7 +234,7 @@ class Forwarder:
                 self.store.dead_letter(
                     [(items[i].id, f"Miso refused it (422): {msg}") for i, msg in named.items()]
                 )
-                metrics.count_dead_lettered(items[0].kind, "rejected", len(named))
+                self._dead_lettered(items[0].kind, "rejected", len(named))
                 log.warning(
                     "Miso refused %d of %d records (422)",
                     len(named),
@@ -235,7 +257,7 @@ class Forwarder:
             return []
         reason = f"Miso refused it ({outcome.status}): {outcome.message}"
         self.store.dead_letter([(i, reason) for i in ids])
-        metrics.count_dead_lettered(items[0].kind, "refused", len(ids))
+        self._dead_lettered(items[0].kind, "refused", len(ids))
         log.error(
             "dead-lettered %d records: %s",
             len(ids),
@@ -248,7 +270,7 @@ class Forwarder:
         """Halve a refused batch to isolate what Miso will not take; a single item is dead."""
         if len(items) == 1:
             self.store.dead_letter([(items[0].id, reason)])
-            metrics.count_dead_lettered(items[0].kind, why, 1)
+            self._dead_lettered(items[0].kind, why, 1)
             return []
         middle = len(items) // 2
         return [items[middle:], items[:middle]]
@@ -265,12 +287,12 @@ class Forwarder:
                     for i in expired
                 ]
             )
-            metrics.count_dead_lettered(expired[0].kind, "gave_up", len(expired))
+            self._dead_lettered(expired[0].kind, "gave_up", len(expired))
         waiting = [i for i in items if i not in expired]
         if waiting:
             delay = _backoff(max(i.attempts for i in waiting), self.settings, outcome.retry_after)
             self.store.retry_later([i.id for i in waiting], delay, error)
-            metrics.count_retried(waiting)
+            self._count("retried", waiting)
             log.warning(
                 "Miso unavailable (%s); %d records retry in %.1fs", error, len(waiting), delay,
                 extra={"event": "miso_error", "status": outcome.status, "count": len(waiting),

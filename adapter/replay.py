@@ -26,6 +26,7 @@ from typing import IO, Any
 
 import orjson
 
+from adapter.activity import Activity
 from adapter.forwarder import MISO_STATUS, Forwarder
 from adapter.ingest import IngestResult, ingest
 from adapter.mapping import Translator
@@ -228,8 +229,10 @@ def replay_files(
     a :class:`ForwarderThread` or a :class:`ForwarderProcess`; None stores only.
     """
     summary = ReplaySummary()
+    activity = None
     if store is not None:
         summary.start_stats = store.stats()
+        activity = Activity(store).manual()  # the console shows replays beside webhooks
     sender = None
     if forwarder is not None and store is not None:
         sender = ForwarderThread(forwarder) if isinstance(forwarder, Forwarder) else forwarder
@@ -238,12 +241,14 @@ def replay_files(
         for path in paths:
             summary.files += 1
             _replay_one(path, summary, translator, normalizer, store, dedup_ttl, resume,
-                        output, errors, max_spool, sender)  # fmt: skip
+                        output, errors, max_spool, sender, activity)  # fmt: skip
         if sender is not None and store is not None:
             summary.delivered_wait = _wait_for_delivery(store, sender, wait_for_delivery)
     finally:
         if sender is not None:
             sender.stop()
+        if activity is not None:
+            activity.flush()
     if store is not None:
         summary.end_stats = store.stats()
     return summary
@@ -293,6 +298,7 @@ def _replay_one(
     errors: IO[str],
     max_spool: int,
     sender: Sender | None,
+    activity: Activity | None,
 ) -> None:
     name = checkpoint_name(path)
     done = 0
@@ -300,7 +306,7 @@ def _replay_one(
         saved = store.get_status(name)
         done = int(saved["rows"]) if saved else 0
     progress = Progress(path.stat().st_size, path.name)
-    shown = summary.malformed
+    shown = noted = summary.malformed
 
     def report(where: str, message: str) -> None:
         if summary.malformed - shown <= SHOWN_ERRORS:
@@ -315,8 +321,13 @@ def _replay_one(
             else:
                 _wait_for_room(store, max_spool, sender)
                 checkpoint = (name, {"file": str(path), "rows": consumed})
-                ingest(store, translator, chunk, source="mixpanel", dedup_ttl=dedup_ttl,
-                       status=checkpoint, result=summary.result)  # fmt: skip
+                part = ingest(store, translator, chunk, source="mixpanel", dedup_ttl=dedup_ttl,
+                              status=checkpoint)  # fmt: skip
+                summary.result.add(part)
+                if activity is not None:
+                    activity.ingest("mixpanel", part, malformed=summary.malformed - noted)
+                    noted = summary.malformed
+                    activity.flush_if_due()
             progress.update(position, summary.result.received)
     finally:
         progress.close()

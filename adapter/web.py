@@ -28,16 +28,26 @@ from flask import Blueprint, Flask, Response, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from adapter import api, metrics, segment
+from adapter.activity import Activity
 from adapter.forwarder import MISO_STATUS
-from adapter.ingest import ingest
+from adapter.ingest import IngestResult, ingest
 from adapter.mapping import Translator, load_mapping
 from adapter.miso import key_id
 from adapter.mixpanel import NOT_AN_EVENT, NOT_AN_OBJECT, Normalizer, iter_rows
+from adapter.reader import ReadError, read_json_values
 from adapter.reload import MappingWatcher
+from adapter.replay import CHUNK as REPLAY_CHUNK
 from adapter.replay import ReplaySummary, chunks
 from adapter.store import Store, StoreError, open_store
 
-__all__ = ["init_app"]
+__all__ = [
+    "ApiError",
+    "init_app",
+    "mixpanel_upload",
+    "readiness",
+    "segment_upload",
+    "token_required",
+]
 
 log = logging.getLogger("adapter.web")
 
@@ -155,6 +165,7 @@ def _ingest_segment(messages: list[tuple[str, dict | None, str | None]]):
         log.error("store cannot persist, answering 503: %s", exc, extra={"event": "store_error"})
         raise ApiError(503, "cannot store the events right now; retry later") from None
     metrics.count_ingest("segment", result)
+    current_app.extensions["miso-adapter.activity"].ingest("segment", result)
     return result
 
 
@@ -256,7 +267,7 @@ class _Bounded(io.RawIOBase):
         return len(data)
 
 
-def _token_required(*, always: bool = False) -> None:
+def token_required(*, always: bool = False) -> None:
     """Operator routes need ``Authorization: Bearer <ADAPTER_TOKEN>`` when it is set.
 
     ``always``: a route that must never be open (it reveals traffic) is refused while
@@ -302,28 +313,85 @@ def _query_instant(name: str, *, end_of_day: bool) -> datetime | None:
     return moment + timedelta(days=1) if end_of_day and len(text) == 10 else moment
 
 
-@bp.post("/mixpanel")
-def mixpanel_export():
-    """A Mixpanel export (JSON Lines or a JSON array, gzip allowed), streamed into the store.
+def _upload_stream(allowed: tuple[str, ...], *, sniff_gzip: bool = False) -> io.BufferedReader:
+    """The request body as a bounded byte stream, gunzipped when so encoded (uploads).
 
-    Rows are stored a chunk at a time as they arrive, never holding the body: a body cut
-    off midway keeps what was stored, and a re-post is deduplicated.
+    ``sniff_gzip``: a browser sends a ``.gz`` file as it is, without Content-Encoding,
+    so gzip is also recognised by its first bytes.
     """
-    _token_required()
     mimetype = request.mimetype
-    allowed = ("application/x-ndjson", "application/jsonl", "text/plain", "application/json")
     if mimetype and mimetype not in allowed:
         raise ApiError(415, f"unsupported Content-Type {mimetype!r}: send {', '.join(allowed)}")
     limit = current_app.config["MIXPANEL_MAX_BODY"]
     if request.content_length is not None and request.content_length > limit:
         raise ApiError(413, f"body of {request.content_length} bytes is over the limit of {limit}")
-    normalizer = _mixpanel_normalizer()
     stream: Any = _Bounded(request.stream, limit, "body")
     encoding = (request.headers.get("Content-Encoding") or "").strip().lower()
-    if encoding in ("gzip", "x-gzip"):
-        stream = _Bounded(gzip.GzipFile(fileobj=stream), limit, "decompressed body")
-    elif encoding not in ("", "identity"):
+    if encoding not in ("", "identity", "gzip", "x-gzip"):
         raise ApiError(415, f"unsupported Content-Encoding {encoding!r}: send gzip or none")
+    gzipped = encoding in ("gzip", "x-gzip")
+    if not gzipped and sniff_gzip:
+        stream = io.BufferedReader(stream)
+        gzipped = stream.peek(2)[:2] == b"\x1f\x8b"
+    if gzipped:
+        stream = _Bounded(gzip.GzipFile(fileobj=stream), limit, "decompressed body")
+    return io.BufferedReader(stream)
+
+
+_UPLOAD_TYPES = ("application/x-ndjson", "application/jsonl", "text/plain", "application/json")
+
+
+def _store_chunks(source: str, chunks_of: Any, summary: ReplaySummary) -> None:
+    """Ingest an upload's chunks as they are read: counts go to ``summary``, to the
+    metrics and to the console's activity chunk by chunk; a store failure is a 503."""
+    translator = _translator(source)
+    ttl = current_app.config["DEDUP_HOURS"] * 3600
+    activity = current_app.extensions["miso-adapter.activity"]
+    malformed = summary.malformed
+    try:
+        for chunk in chunks_of:
+            part = (
+                ingest(_store(), translator, chunk, source=source, dedup_ttl=ttl) if chunk else None
+            )
+            if part is None:
+                part = IngestResult()
+            summary.result.add(part)
+            # What was read and stored counts, even when the upload is cut off later.
+            metrics.count_ingest(source, part, malformed=summary.malformed - malformed)
+            activity.ingest(source, part, malformed=summary.malformed - malformed)
+            malformed = summary.malformed
+    except (OSError, EOFError, zlib.error) as exc:
+        raise ApiError(400, f"body is not valid gzip: {exc}") from None
+    except StoreError as exc:
+        log.error("store cannot persist, answering 503: %s", exc, extra={"event": "store_error"})
+        raise ApiError(503, "cannot store the events right now; retry later") from None
+    finally:
+        if summary.malformed != malformed:
+            metrics.count_ingest(source, IngestResult(), malformed=summary.malformed - malformed)
+            activity.ingest(source, IngestResult(), malformed=summary.malformed - malformed)
+        # An upload is worth seeing on the console at once, not a flush interval later.
+        activity.flush()
+
+
+def _upload_answer(summary: ReplaySummary, errors: list[str]) -> dict[str, Any]:
+    result = summary.result
+    return {
+        **result.as_dict(),
+        "malformed": summary.malformed,
+        "errors": errors,
+        "types": dict(result.types.most_common()),
+    }
+
+
+def mixpanel_upload(*, sniff_gzip: bool = False) -> dict[str, Any]:
+    """Stream this request's Mixpanel export into the store (``POST /mixpanel`` and the
+    console's import); returns the counts answered, or raises the right ApiError.
+
+    Rows are stored a chunk at a time as they arrive, never holding the body: a body cut
+    off midway keeps what was stored, and a re-post is deduplicated.
+    """
+    body = _upload_stream(_UPLOAD_TYPES, sniff_gzip=sniff_gzip)
+    normalizer = _mixpanel_normalizer()
     summary = ReplaySummary()
     errors: list[str] = []
 
@@ -331,22 +399,10 @@ def mixpanel_export():
         if len(errors) < 20:
             errors.append(f"{where}: {message}")
 
-    rows = ((where, row, 0) for where, row in iter_rows(io.BufferedReader(stream), "body"))
-    translator = _translator("mixpanel")
-    ttl = current_app.config["DEDUP_HOURS"] * 3600
-    try:
-        for chunk, _, _ in chunks(rows, normalizer, summary, report):
-            if chunk:
-                ingest(_store(), translator, chunk, source="mixpanel", dedup_ttl=ttl,
-                       result=summary.result)  # fmt: skip
-    except (OSError, EOFError, zlib.error) as exc:
-        raise ApiError(400, f"body is not valid gzip: {exc}") from None
-    except StoreError as exc:
-        log.error("store cannot persist, answering 503: %s", exc, extra={"event": "store_error"})
-        raise ApiError(503, "cannot store the events right now; retry later") from None
-    finally:
-        # What was read and stored counts, even when the upload is cut off or refused.
-        metrics.count_ingest("mixpanel", summary.result, malformed=summary.malformed)
+    rows = ((where, row, 0) for where, row in iter_rows(body, "body"))
+    _store_chunks(
+        "mixpanel", (chunk for chunk, _, _ in chunks(rows, normalizer, summary, report)), summary
+    )
     if summary.rows and summary.malformed == summary.rows:
         raise ApiError(400, f"no readable Mixpanel rows: {errors[0]}")
     if not summary.rows:
@@ -362,8 +418,54 @@ def mixpanel_export():
             400, "no Mixpanel events in the body: rows need an event name ('event' or "
             "'event_name') and their properties"
         )  # fmt: skip
-    counts = {**summary.result.as_dict(), "malformed": summary.malformed, "errors": errors}
-    return jsonify(_MIXPANEL.dump(counts))
+    return _upload_answer(summary, errors)
+
+
+def segment_upload(*, sniff_gzip: bool = False) -> dict[str, Any]:
+    """Stream this request's file of Segment messages (JSON Lines, a JSON array, or one
+    ``{"batch": [...]}``; gzip allowed) into the store, a chunk at a time, deduplicated
+    by ``messageId`` like webhooks; returns the counts, or raises the right ApiError."""
+    body = _upload_stream(_UPLOAD_TYPES, sniff_gzip=sniff_gzip)
+    summary = ReplaySummary()
+    errors: list[str] = []
+
+    def messages() -> Any:
+        chunk: list[tuple[str | None, dict | str]] = []
+        for where, value in read_json_values(body):
+            summary.rows += 1
+            if isinstance(value, ReadError):
+                summary.malformed += 1
+                if len(errors) < 20:
+                    errors.append(f"{where}: {value.message}")
+                continue
+            for _, message, problem in segment.iter_messages(where, value):
+                if message is None:
+                    chunk.append((None, f"not a Segment message: {problem}"))
+                else:
+                    chunk.append((_dedup_key(message), message))
+            if len(chunk) >= REPLAY_CHUNK:
+                yield chunk
+                chunk = []
+        yield chunk
+
+    _store_chunks("segment", messages(), summary)
+    if not summary.rows:
+        raise ApiError(400, "empty body: expected Segment messages, one JSON object per line")
+    if summary.malformed == summary.rows:
+        raise ApiError(400, f"no readable Segment messages: {errors[0]}")
+    result = summary.result
+    if result.received and result.received == sum(
+        n for reason, n in result.skipped.items() if reason.startswith("not a Segment message")
+    ):
+        raise ApiError(400, "no Segment messages in the body: expected JSON objects with a 'type'")
+    return _upload_answer(summary, errors)
+
+
+@bp.post("/mixpanel")
+def mixpanel_export():
+    """A Mixpanel export (JSON Lines or a JSON array, gzip allowed), streamed into the store."""
+    token_required()
+    return jsonify(_MIXPANEL.dump(mixpanel_upload()))
 
 
 @bp.after_request
@@ -389,9 +491,9 @@ def healthz():
     return jsonify(_HEALTH.dump({"status": "ok"}))
 
 
-@bp.get("/readyz")
-def readyz():
-    """Ready when the store is writable, mappings loaded, and Miso's key set and accepted."""
+def readiness() -> tuple[bool, dict[str, str]]:
+    """(ready, a word per check): the store writable, mappings loaded, Miso's key set and
+    not refused (``/readyz`` and the console)."""
     checks: dict[str, str] = {}
     ready = True
     try:
@@ -421,6 +523,13 @@ def readyz():
             ready, checks["miso"] = False, status["reason"]
         else:
             checks["miso"] = "ok"
+    return ready, checks
+
+
+@bp.get("/readyz")
+def readyz():
+    """Ready when the store is writable, mappings loaded, and Miso's key set and accepted."""
+    ready, checks = readiness()
     response = jsonify(_READY.dump({"ready": ready, "checks": checks}))
     response.status_code = 200 if ready else 503
     return response
@@ -429,7 +538,7 @@ def readyz():
 @bp.get("/metrics")
 def metrics_exposition():
     """Prometheus metrics of every process of the service; needs ADAPTER_TOKEN, always."""
-    _token_required(always=True)
+    token_required(always=True)
     return Response(metrics.scrape(_store()), content_type=metrics.CONTENT_TYPE)
 
 
@@ -477,6 +586,8 @@ def _warn_open(app: Flask) -> None:
 def init_app(app: Flask) -> None:
     """Compile the mapping tables, open the store, register routes and the error handler."""
     app.extensions["miso-adapter.store"] = open_store(app.config["ADAPTER_STORE"])
+    # Started by the first event a worker sees (after gunicorn forks), not here.
+    app.extensions["miso-adapter.activity"] = Activity(app.extensions["miso-adapter.store"])
     folder = Path(app.config["MAPPINGS_DIR"])
     translators = {path.stem: load_mapping(path) for path in sorted(folder.glob("*.yaml"))}
     rejections: dict[str, list[str]] = {}

@@ -46,7 +46,7 @@ def fuzz(examples: int) -> settings:
 
 
 SEGMENT_KEYS = {"received", "accepted", "duplicates", "skipped", "links", "deletions"}
-MIXPANEL_KEYS = SEGMENT_KEYS | {"malformed", "errors"}
+MIXPANEL_KEYS = SEGMENT_KEYS | {"malformed", "errors", "types"}
 
 
 # --------------------------------------------------------------------------- fixtures
@@ -96,8 +96,10 @@ def answer(response) -> tuple[int, dict]:
 
 def check_counts(body: dict, keys: set[str]) -> None:
     assert set(body) == keys, body
-    for key in keys - {"skipped", "errors"}:
+    for key in keys - {"skipped", "errors", "types"}:
         assert isinstance(body[key], int) and body[key] >= 0, body
+    if "types" in body:  # records by Miso type add up to the records accepted
+        assert sum(body["types"].values()) == body["accepted"], body
     skipped = body["skipped"]
     assert isinstance(skipped, dict), body
     for reason, count in skipped.items():

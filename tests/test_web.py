@@ -402,6 +402,7 @@ class TestMixpanelRoute:
             "received": 3, "accepted": 2, "duplicates": 0,
             "skipped": {"Mixpanel autocapture event": 1}, "links": 0, "deletions": 0,
             "malformed": 0, "errors": [],
+            "types": {"product_detail_page_view": 1, "add_to_cart": 1},
         }  # fmt: skip
         assert spooled(app) == [
             {"type": "product_detail_page_view", "user_id": "u1",
