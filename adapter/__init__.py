@@ -23,7 +23,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     # Imported here so the CLI's translate path never pays for Flask's import.
     from flask import Flask
 
-    from adapter import logs, web
+    from adapter import console, logs, web
     from adapter.config import Config
 
     # Under gunicorn (or a bare `flask run`) nobody configured logging: JSON lines, as
@@ -34,4 +34,5 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     if test_config is not None:
         app.config.update(test_config)
     web.init_app(app)
+    console.init_app(app)
     return app
