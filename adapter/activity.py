@@ -145,6 +145,8 @@ class Activity:
             with self._lock:
                 if len(self._pending) + len(pending) <= _MAX_PENDING:
                     self._pending.update(pending)
+                # Kept names still count toward MAX_UNCOVERED until they are written.
+                self._uncovered = sum(1 for k in self._pending if k[1] == "uncovered" and k[3])
             return False
         return True
 
@@ -204,6 +206,7 @@ def overview(store: Store, *, now: float | None = None) -> dict[str, Any]:
     uncovered: dict[tuple[str, str], dict[str, Any]] = {}
     delivery: dict[tuple[str, str], Counter[str]] = {}
     for minute, metric, source, key, n in rows:
+        minute = min(minute, now_minute)  # a host whose clock runs ahead: count it as now
         windows = ("hour", "day") if minute >= hour_start else ("day",)
         if metric in series and minute >= hour_start:
             series[metric][minute - hour_start] += n
@@ -263,7 +266,8 @@ def _uncovered(data: dict[tuple[str, str], dict[str, Any]], now_minute: int) -> 
             other[source]["counts"].update(entry["counts"])
             continue
         kind, match = orjson.loads(key)
-        norm = normalize_name(match) if kind == "event" else match.casefold()
+        # As the table matches: event names loosely, calls by case, page paths exactly.
+        norm = {"event": normalize_name, "call": str.casefold}.get(kind, str)(match)
         group = groups.setdefault(
             (source, kind, norm), {"spellings": Counter(), "counts": Counter(), "last": 0}
         )

@@ -23,7 +23,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import orjson
 from flask import Blueprint, Flask, Response, current_app, jsonify, render_template, request
@@ -117,10 +117,17 @@ def _authorize(*, write: bool = False, page: bool = False) -> dict[str, Any] | N
 
 
 def _safe_next(target: str | None) -> str:
-    """Where to go after signing in: only a console path of this site."""
-    if target:
+    """Where to go after signing in: only a console path of this site (no dot segments
+    leading out of it, nothing a Location header cannot carry)."""
+    if target and target.isprintable() and "\\" not in target:
         parts = urlsplit(target)
-        if not parts.scheme and not parts.netloc and parts.path.startswith("/console"):
+        path = parts.path
+        if (
+            not parts.scheme
+            and not parts.netloc
+            and (path == "/console" or path.startswith("/console/"))
+            and not {".", ".."} & set(unquote(path).split("/"))
+        ):
             return target
     return "/console"
 
