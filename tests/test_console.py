@@ -15,11 +15,14 @@ from typing import ClassVar
 
 import orjson
 import pytest
+import test_store
 import yaml
 from itsdangerous.timed import TimestampSigner
 
 from adapter import console, create_app
 from adapter.store import Incoming
+
+redis_client = test_store.redis_client  # the test Redis (skips, saying why, without one)
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "console-token-5d2b"
@@ -677,3 +680,35 @@ def test_mapping_status_shows_rejected_edits(tmp_path):
     ]
     assert tables[1]["path"] == str(folder / "segment.yaml")
     assert tables[1]["file_modified"].endswith(" UTC") and tables[2]["file_modified"] == ""
+
+
+# --------------------------------------------------------------------------- several hosts
+
+
+def test_two_hosts_on_one_redis_store_show_one_picture(tmp_path, redis_client):
+    """Two apps (hosts) sharing a Redis store: each one's console shows both hosts' counts."""
+    prefix = f"test-console-{tmp_path.name[-12:]}:"
+    url = f"redis://127.0.0.1:6379/0?prefix={prefix}"
+    hosts = [make_app(tmp_path, name=f"h{n}", ADAPTER_STORE=url) for n in (1, 2)]
+    try:
+        for n, host in enumerate(hosts):
+            message = {**VIEW, "messageId": f"m-host-{n}", "event": f"Host {n} Only"}
+            assert host.test_client().post("/segment", json=message).status_code == 200
+            assert (
+                host.test_client()
+                .post("/segment", json={**VIEW, "messageId": f"v{n}"})
+                .json["accepted"]
+                == 1
+            )
+            flush(host)
+        for host in hosts:
+            data = host.test_client().get("/console/api/overview", headers=BEARER).json
+            assert data["activity"]["sources"]["segment"]["hour"]["received"] == 4
+            assert data["activity"]["sources"]["segment"]["hour"]["stored"] == 2
+            names = {row["match"] for row in data["activity"]["uncovered"]}
+            assert names == {"Host 0 Only", "Host 1 Only"}
+    finally:
+        for host in hosts:
+            store_of(host).close()
+        for key in redis_client.scan_iter(match=f"{prefix}*", count=1000):
+            redis_client.delete(key)
