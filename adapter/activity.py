@@ -36,6 +36,7 @@ import logging
 import os
 import threading
 import time
+import weakref
 from collections import Counter
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -86,7 +87,6 @@ class Activity:
         self._uncovered = 0  # distinct uncovered keys pending
         self._last_flush = time.monotonic()
         self._thread_pid: int | None = None
-        self._wake = threading.Event()
 
     def __repr__(self) -> str:
         return f"<Activity every {self.interval:g}s into {self.store!r}>"
@@ -165,21 +165,39 @@ class Activity:
             if self._thread_pid == os.getpid():
                 return
             self._thread_pid = os.getpid()
-        thread = threading.Thread(target=self._run, name="activity-flush", daemon=True)
+        # The thread and the exit hook hold the Activity weakly: an app that is dropped
+        # (tests make thousands) takes its flushing with it instead of leaking a thread.
+        ref = weakref.ref(self)
+        thread = threading.Thread(
+            target=_flush_loop, args=(ref, self.interval), name="activity-flush", daemon=True
+        )
         thread.start()
-        atexit.register(self.flush)
+        atexit.register(_flush_now, ref)
 
     def manual(self) -> Activity:
         """No background thread: the owner calls :meth:`flush_if_due` (returns self)."""
         self._thread_pid = -1
         return self
 
-    def _run(self) -> None:
-        while not self._wake.wait(self.interval):
-            try:
-                self.flush()
-            except Exception:  # a bug here must not end the flushing for good
-                log.exception("activity flush failed")
+
+def _flush_loop(ref: weakref.ref[Activity], interval: float) -> None:
+    """Flush every ``interval`` seconds while the Activity lives."""
+    while True:
+        time.sleep(interval)
+        activity = ref()
+        if activity is None:
+            return
+        try:
+            activity.flush()
+        except Exception:  # a bug here must not end the flushing for good
+            log.exception("activity flush failed")
+        del activity  # hold it only while flushing
+
+
+def _flush_now(ref: weakref.ref[Activity]) -> None:
+    activity = ref()
+    if activity is not None:
+        activity.flush()
 
 
 # --------------------------------------------------------------------------- reading

@@ -6,6 +6,8 @@ reading) so minutes land exactly where each test wants them.
 
 from __future__ import annotations
 
+import gc
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -201,14 +203,14 @@ def test_manual_never_starts_a_thread(store, now, monkeypatch):
     started = []
 
     class FakeThread:
-        def __init__(self, *, target, name, daemon):
+        def __init__(self, *, target, args, name, daemon):
             started.append(name)
 
         def start(self):
             pass
 
     monkeypatch.setattr(activity.threading, "Thread", FakeThread)
-    monkeypatch.setattr(activity.atexit, "register", lambda fn: None)
+    monkeypatch.setattr(activity.atexit, "register", lambda fn, *args: None)
     manual = Activity(store, clock=lambda: now).manual()
     for _ in range(3):
         manual.ingest("segment", a_result(received=1))
@@ -220,6 +222,23 @@ def test_manual_never_starts_a_thread(store, now, monkeypatch):
         automatic.ingest("segment", a_result(received=1))
         automatic.delivery("forwarded", "record", 1)
     assert started == ["activity-flush"]
+
+
+def test_a_dropped_activity_stops_its_thread(store):
+    """The flushing thread holds its Activity weakly: dropping the Activity ends the thread
+    (an app made per test must not leave a thread behind)."""
+    before = set(threading.enumerate())
+    act = Activity(store, interval=0.05)
+    act.ingest("segment", a_result(received=1))
+    threads = [t for t in set(threading.enumerate()) - before if t.name == "activity-flush"]
+    assert threads, "the first note starts a flushing thread"
+    time.sleep(0.2)  # it flushes while the Activity lives
+    assert sum(n for *_, n in store.activity(0)) == 1
+    del act
+    gc.collect()
+    for thread in threads:
+        thread.join(timeout=2)
+    assert not any(t.is_alive() for t in threads)
 
 
 def test_flush_if_due_respects_the_interval(store, now):
