@@ -326,3 +326,21 @@ def test_gzip_export_replays_like_the_plain_one(cli, miso, export, tmp_path):
     assert packed_out.read_bytes() == plain_out.read_bytes()
     cli.replay(packed.path)
     assert_exactly_once(miso.records, packed.expected)
+
+
+def test_a_replay_shows_on_the_console(cli, miso, export):
+    """A replay's counts (events read, records stored, sent to Miso) land in the store's
+    activity tallies, so the operator console shows replays beside webhooks."""
+    done = cli.replay(export.path)
+    store = open_store(cli.store_url)
+    try:
+        totals: Counter[tuple[str, str]] = Counter()
+        for _, metric, source, _, n in store.activity(0):
+            totals[metric, source] += n
+    finally:
+        store.close()
+    assert totals["received", "mixpanel"] == export.lines
+    assert totals["stored", "mixpanel"] == summary_number(done.stderr, "records accepted")
+    assert totals["duplicates", "mixpanel"] == summary_number(done.stderr, "duplicates")
+    # The forwarder child process tallies what Miso took.
+    assert totals["forwarded", ""] == len(miso.records) == len(export.expected)
