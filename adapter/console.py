@@ -155,6 +155,20 @@ def _sign_in_page(message: str, status: int, *, failed: bool = False) -> Respons
     return Response(body, status=status, mimetype="text/html")
 
 
+_PAGES = ("console.overview", "console.import_page")
+
+
+@bp.errorhandler(ApiError)
+def _page_error(exc: ApiError) -> Response:
+    """A page that fails (the store is down) says so as a page; the JSON routes, and a
+    script's wrong bearer token on a page, keep the service's one JSON error shape."""
+    if request.endpoint not in _PAGES or (exc.code or 500) < 500:
+        return web.http_error(exc)
+    body = render_template("console/error.html", message=exc.description, status=exc.code,
+                           csrf=(_session() or {}).get("csrf", ""))  # fmt: skip
+    return Response(body, status=exc.code, mimetype="text/html")
+
+
 @bp.errorhandler(_SignIn)
 def _signed_out(exc: _SignIn) -> Response:
     return _sign_in_page(exc.message, exc.status)
@@ -200,6 +214,10 @@ def logout():
 
 
 # --------------------------------------------------------------------------- data
+
+
+def _store() -> Any:
+    return current_app.extensions["miso-adapter.store"]
 
 
 def _when(epoch: float | None) -> str:
@@ -288,7 +306,7 @@ def _nice(value: int) -> int:
 
 def overview_data() -> dict[str, Any]:
     """Everything the console shows, as JSON-ready data (``/console/api/overview``)."""
-    store = web._store()
+    store = _store()
     ready, checks = web.readiness()
     try:
         tallies = activity.overview(store)
@@ -326,7 +344,7 @@ def overview():
     found = None
     if lookup:
         try:
-            found = web._store().links_of(lookup)
+            found = _store().links_of(lookup)
         except StoreError as exc:
             raise ApiError(503, f"cannot read the store right now: {exc}") from None
         found = {
@@ -405,7 +423,7 @@ def retry_dead_letters():
         ):
             raise ApiError(400, "'ids' must be a non-empty array of dead-letter ids (integers)")
     try:
-        requeued = web._store().requeue_dead(ids)
+        requeued = _store().requeue_dead(ids)
     except StoreError as exc:
         raise ApiError(503, f"cannot write the store right now: {exc}") from None
     log.info(

@@ -151,6 +151,10 @@ def _supervise(bind: str, workers: int, threads: int, env: dict[str, str]) -> in
     log.info("serving on %s with %d workers x %d threads (pid %d)", bind, workers, threads,
              os.getpid(), extra={"event": "start", "bind": bind, "workers": workers,
                                  "threads": threads})  # fmt: skip
+    if os.environ.get("ADAPTER_TOKEN"):
+        log.info("operator console: http://%s/console (sign in with ADAPTER_TOKEN)", bind)
+    else:
+        log.info("operator console and /metrics are off: set ADAPTER_TOKEN to use them")
     for child in children:
         child.start()
     while not stopping:

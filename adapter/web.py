@@ -42,6 +42,7 @@ from adapter.store import Store, StoreError, open_store
 
 __all__ = [
     "ApiError",
+    "http_error",
     "init_app",
     "mixpanel_upload",
     "readiness",
@@ -551,7 +552,7 @@ def openapi_document():
 # --------------------------------------------------------------------------- app wiring
 
 
-def _http_error(exc: HTTPException):
+def http_error(exc: HTTPException) -> Response:
     """Every HTTP error has one JSON shape: {"error": what went wrong, "status": code}."""
     response = jsonify(_ERROR.dump({"error": exc.description, "status": exc.code}))
     response.status_code = exc.code or 500
@@ -598,6 +599,6 @@ def init_app(app: Flask) -> None:
                        store=app.extensions["miso-adapter.store"]).start()  # fmt: skip
     app.extensions["miso-adapter.openapi"] = api.openapi()
     app.register_blueprint(bp)
-    app.register_error_handler(HTTPException, _http_error)
+    app.register_error_handler(HTTPException, http_error)
     app.register_error_handler(Exception, _unexpected)
     _warn_open(app)

@@ -712,3 +712,21 @@ def test_two_hosts_on_one_redis_store_show_one_picture(tmp_path, redis_client):
             store_of(host).close()
         for key in redis_client.scan_iter(match=f"{prefix}*", count=1000):
             redis_client.delete(key)
+
+
+def test_a_store_that_cannot_be_read_is_a_503_page_or_json(app, client, monkeypatch):
+    """With the store down, the overview page answers a 503 page saying so, and the
+    JSON route the service's JSON error; neither is a 500."""
+    from adapter.store import StoreError
+
+    def down(*args, **kwargs):
+        raise StoreError("database is locked")
+
+    monkeypatch.setattr(store_of(app), "stats", down)
+    page = client.get("/console", headers=BEARER)
+    assert page.status_code == 503 and page.mimetype == "text/html"
+    assert "cannot read the store right now: database is locked" in page.get_data(as_text=True)
+    api = client.get("/console/api/overview", headers=BEARER)
+    assert api.status_code == 503
+    assert api.json == {"error": "cannot read the store right now: database is locked",
+                        "status": 503}  # fmt: skip
