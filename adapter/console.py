@@ -18,6 +18,7 @@ import hashlib
 import hmac
 import logging
 import os
+import re
 import secrets
 import time
 from datetime import UTC, datetime
@@ -51,6 +52,7 @@ COOKIE = "miso_adapter_console"
 SESSION_SECONDS = 12 * 3600
 DEAD_LETTERS_SHOWN = 100
 _CSRF_HEADER = "X-CSRF-Token"
+_UPLOAD_ID = re.compile(r"[A-Za-z0-9_-]{8,64}")
 # No inline script or style, nothing from elsewhere: a stored event name cannot run code.
 _CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -389,10 +391,11 @@ def import_upload():
     (``?source=segment``: Segment messages, deduplicated by messageId); answers counts."""
     _authorize(write=True)
     source = request.args.get("source", "mixpanel")
+    progress = _progress_name(request.args.get("id")) if "id" in request.args else None
     if source == "mixpanel":
-        counts = web.mixpanel_upload(sniff_gzip=True)
+        counts = web.mixpanel_upload(sniff_gzip=True, progress=progress)
     elif source == "segment":
-        counts = web.segment_upload(sniff_gzip=True)
+        counts = web.segment_upload(sniff_gzip=True, progress=progress)
     else:
         raise ApiError(400, f"unknown source {source!r}: use mixpanel or segment")
     log.info(
@@ -403,6 +406,27 @@ def import_upload():
         extra={"event": "import", "count": counts["accepted"]},
     )
     return jsonify({"source": source, **counts})
+
+
+def _progress_name(upload_id: str | None) -> str:
+    """The store status an upload publishes its progress under (``?id=`` of the upload)."""
+    if not upload_id or not _UPLOAD_ID.fullmatch(upload_id):
+        raise ApiError(400, "'id' must be 8 to 64 letters, digits, '-' or '_'")
+    return f"console.import.{upload_id}"
+
+
+@bp.get("/import/progress")
+def import_progress():
+    """How far the upload ``?id=`` is stored: ``{"read": body bytes, "rows": rows}``;
+    404 once it is finished (or before its first chunk is stored)."""
+    _authorize()
+    try:
+        status = _store().get_status(_progress_name(request.args.get("id")))
+    except StoreError as exc:
+        raise ApiError(503, f"cannot read the store right now: {exc}") from None
+    if status is None:
+        raise ApiError(404, "no upload in progress with this id")
+    return jsonify(status)
 
 
 @bp.post("/dead-letters/retry")

@@ -13,6 +13,7 @@ when the store cannot persist (Segment retries 5xx for 4 hours).
 from __future__ import annotations
 
 import base64
+import contextlib
 import gzip
 import hmac
 import io
@@ -259,6 +260,11 @@ class _Bounded(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
+    @property
+    def consumed(self) -> int:
+        """Bytes delivered so far."""
+        return self._limit - self._left
+
     def readinto(self, buffer: Any) -> int:
         data = self._stream.read(min(len(buffer), self._left + 1))
         if len(data) > self._left:
@@ -314,8 +320,11 @@ def _query_instant(name: str, *, end_of_day: bool) -> datetime | None:
     return moment + timedelta(days=1) if end_of_day and len(text) == 10 else moment
 
 
-def _upload_stream(allowed: tuple[str, ...], *, sniff_gzip: bool = False) -> io.BufferedReader:
-    """The request body as a bounded byte stream, gunzipped when so encoded (uploads).
+def _upload_stream(
+    allowed: tuple[str, ...], *, sniff_gzip: bool = False
+) -> tuple[io.BufferedReader, _Bounded]:
+    """The request body as a bounded byte stream, gunzipped when so encoded (uploads),
+    and the raw body's reader (whose ``consumed`` says how far the upload is read).
 
     ``sniff_gzip``: a browser sends a ``.gz`` file as it is, without Content-Encoding,
     so gzip is also recognised by its first bytes.
@@ -326,7 +335,8 @@ def _upload_stream(allowed: tuple[str, ...], *, sniff_gzip: bool = False) -> io.
     limit = current_app.config["MIXPANEL_MAX_BODY"]
     if request.content_length is not None and request.content_length > limit:
         raise ApiError(413, f"body of {request.content_length} bytes is over the limit of {limit}")
-    stream: Any = _Bounded(request.stream, limit, "body")
+    raw = _Bounded(request.stream, limit, "body")
+    stream: Any = raw
     encoding = (request.headers.get("Content-Encoding") or "").strip().lower()
     if encoding not in ("", "identity", "gzip", "x-gzip"):
         raise ApiError(415, f"unsupported Content-Encoding {encoding!r}: send gzip or none")
@@ -336,25 +346,38 @@ def _upload_stream(allowed: tuple[str, ...], *, sniff_gzip: bool = False) -> io.
         gzipped = stream.peek(2)[:2] == b"\x1f\x8b"
     if gzipped:
         stream = _Bounded(gzip.GzipFile(fileobj=stream), limit, "decompressed body")
-    return io.BufferedReader(stream)
+    return io.BufferedReader(stream), raw
 
 
 _UPLOAD_TYPES = ("application/x-ndjson", "application/jsonl", "text/plain", "application/json")
 
 
-def _store_chunks(source: str, chunks_of: Any, summary: ReplaySummary) -> None:
+def _store_chunks(
+    source: str,
+    chunks_of: Any,
+    summary: ReplaySummary,
+    progress: tuple[str, _Bounded] | None = None,
+) -> None:
     """Ingest an upload's chunks as they are read: counts go to ``summary``, to the
-    metrics and to the console's activity chunk by chunk; a store failure is a 503."""
+    metrics and to the console's activity chunk by chunk; a store failure is a 503.
+
+    ``progress`` (status name, raw body): each chunk publishes how many body bytes and
+    rows are stored, in the chunk's own transaction (the console's progress bar reads
+    it from any worker); the status is removed at the end.
+    """
     translator = _translator(source)
     ttl = current_app.config["DEDUP_HOURS"] * 3600
     activity = current_app.extensions["miso-adapter.activity"]
     malformed = summary.malformed
     try:
         for chunk in chunks_of:
-            part = (
-                ingest(_store(), translator, chunk, source=source, dedup_ttl=ttl) if chunk else None
-            )
-            if part is None:
+            status = None
+            if progress is not None:
+                status = (progress[0], {"read": progress[1].consumed, "rows": summary.rows})
+            if chunk:
+                part = ingest(_store(), translator, chunk, source=source, dedup_ttl=ttl,
+                              status=status)  # fmt: skip
+            else:
                 part = IngestResult()
             summary.result.add(part)
             # What was read and stored counts, even when the upload is cut off later.
@@ -372,6 +395,9 @@ def _store_chunks(source: str, chunks_of: Any, summary: ReplaySummary) -> None:
             activity.ingest(source, IngestResult(), malformed=summary.malformed - malformed)
         # An upload is worth seeing on the console at once, not a flush interval later.
         activity.flush()
+        if progress is not None:
+            with contextlib.suppress(StoreError):
+                _store().set_status(progress[0], None)
 
 
 def _upload_answer(summary: ReplaySummary, errors: list[str]) -> dict[str, Any]:
@@ -384,14 +410,14 @@ def _upload_answer(summary: ReplaySummary, errors: list[str]) -> dict[str, Any]:
     }
 
 
-def mixpanel_upload(*, sniff_gzip: bool = False) -> dict[str, Any]:
+def mixpanel_upload(*, sniff_gzip: bool = False, progress: str | None = None) -> dict[str, Any]:
     """Stream this request's Mixpanel export into the store (``POST /mixpanel`` and the
     console's import); returns the counts answered, or raises the right ApiError.
 
     Rows are stored a chunk at a time as they arrive, never holding the body: a body cut
     off midway keeps what was stored, and a re-post is deduplicated.
     """
-    body = _upload_stream(_UPLOAD_TYPES, sniff_gzip=sniff_gzip)
+    body, raw = _upload_stream(_UPLOAD_TYPES, sniff_gzip=sniff_gzip)
     normalizer = _mixpanel_normalizer()
     summary = ReplaySummary()
     errors: list[str] = []
@@ -401,9 +427,8 @@ def mixpanel_upload(*, sniff_gzip: bool = False) -> dict[str, Any]:
             errors.append(f"{where}: {message}")
 
     rows = ((where, row, 0) for where, row in iter_rows(body, "body"))
-    _store_chunks(
-        "mixpanel", (chunk for chunk, _, _ in chunks(rows, normalizer, summary, report)), summary
-    )
+    parts = (chunk for chunk, _, _ in chunks(rows, normalizer, summary, report))
+    _store_chunks("mixpanel", parts, summary, (progress, raw) if progress else None)
     if summary.rows and summary.malformed == summary.rows:
         raise ApiError(400, f"no readable Mixpanel rows: {errors[0]}")
     if not summary.rows:
@@ -422,11 +447,11 @@ def mixpanel_upload(*, sniff_gzip: bool = False) -> dict[str, Any]:
     return _upload_answer(summary, errors)
 
 
-def segment_upload(*, sniff_gzip: bool = False) -> dict[str, Any]:
+def segment_upload(*, sniff_gzip: bool = False, progress: str | None = None) -> dict[str, Any]:
     """Stream this request's file of Segment messages (JSON Lines, a JSON array, or one
     ``{"batch": [...]}``; gzip allowed) into the store, a chunk at a time, deduplicated
     by ``messageId`` like webhooks; returns the counts, or raises the right ApiError."""
-    body = _upload_stream(_UPLOAD_TYPES, sniff_gzip=sniff_gzip)
+    body, raw = _upload_stream(_UPLOAD_TYPES, sniff_gzip=sniff_gzip)
     summary = ReplaySummary()
     errors: list[str] = []
 
@@ -449,7 +474,7 @@ def segment_upload(*, sniff_gzip: bool = False) -> dict[str, Any]:
                 chunk = []
         yield chunk
 
-    _store_chunks("segment", messages(), summary)
+    _store_chunks("segment", messages(), summary, (progress, raw) if progress else None)
     if not summary.rows:
         raise ApiError(400, "empty body: expected Segment messages, one JSON object per line")
     if summary.malformed == summary.rows:

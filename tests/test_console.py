@@ -730,3 +730,55 @@ def test_a_store_that_cannot_be_read_is_a_503_page_or_json(app, client, monkeypa
     assert api.status_code == 503
     assert api.json == {"error": "cannot read the store right now: database is locked",
                         "status": 503}  # fmt: skip
+
+
+class TestImportProgress:
+    """The import publishes how far it has stored the file, for the progress bar."""
+
+    def test_each_chunk_publishes_bytes_and_rows_stored_then_it_is_removed(
+        self, app, client, monkeypatch
+    ):
+        """Every stored chunk carries the body bytes and rows read so far, in its own
+        transaction; the finished upload leaves no progress behind (404)."""
+        store = store_of(app)
+        published = []
+        accept = store.accept
+
+        def spy(batch, dedup_ttl, status=None):
+            if status is not None:
+                published.append(status)
+            return accept(batch, dedup_ttl, status)
+
+        monkeypatch.setattr(store, "accept", spy)
+        rows = [
+            {"event": "Product Viewed", "properties": {"time": 1718035220 + n, "distinct_id": "u",
+             "$insert_id": f"p-{n}", "product_id": f"P{n}"}}
+            for n in range(2500)
+        ]  # fmt: skip
+        body = b"".join(orjson.dumps(r) + b"\n" for r in rows)
+        headers = {**BEARER, "Content-Type": "application/x-ndjson"}
+        url = "/console/import?source=mixpanel&id=upload-0001"
+        response = client.post(url, data=body, headers=headers)
+        assert response.status_code == 200 and response.json["accepted"] == 2500
+        assert [name for name, _ in published] == ["console.import.upload-0001"] * 3
+        reads = [value["read"] for _, value in published]
+        assert [value["rows"] for _, value in published] == [1000, 2000, 2500]
+        assert reads == sorted(reads) and 0 < reads[0] < len(body) and reads[-1] == len(body)
+        gone = client.get("/console/import/progress?id=upload-0001", headers=BEARER)
+        assert gone.status_code == 404
+
+    def test_progress_is_read_from_the_store(self, app, client):
+        """GET /console/import/progress answers what the upload published (any worker)."""
+        store_of(app).set_status("console.import.abcdefgh", {"read": 10, "rows": 3})
+        response = client.get("/console/import/progress?id=abcdefgh", headers=BEARER)
+        assert response.status_code == 200 and response.json == {"read": 10, "rows": 3}
+        assert client.get("/console/import/progress?id=abcdefgh").status_code == 401
+
+    @pytest.mark.parametrize("upload_id", ["", "short", "has space!", "../../etc", "x" * 65])
+    def test_a_bad_id_is_refused(self, client, upload_id):
+        """An id that is not 8-64 letters, digits, '-' or '_' is a 400, on both routes."""
+        got = client.get(f"/console/import/progress?id={upload_id}", headers=BEARER)
+        assert got.status_code == 400 and "'id' must be" in got.json["error"]
+        post = client.post(f"/console/import?source=segment&id={upload_id}", data=b"{}",
+                           headers=BEARER)  # fmt: skip
+        assert post.status_code == 400 and "'id' must be" in post.json["error"]

@@ -113,11 +113,18 @@ function showError(message) {
   box.hidden = false;
 }
 
+function uploadId() {
+  // crypto.getRandomValues works on plain http too (randomUUID needs a secure context).
+  const bytes = crypto.getRandomValues(new Uint8Array(16));
+  return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
 function upload(form) {
   const file = document.getElementById("import-file").files[0];
   if (!file) { showError("Choose a file first."); return; }
   const source = form.source.value;
-  const params = new URLSearchParams({ source });
+  const id = uploadId();
+  const params = new URLSearchParams({ source, id });
   if (source === "mixpanel") {
     if (form.project_timezone.value.trim()) params.set("project_timezone", form.project_timezone.value.trim());
     if (form.time_offset.value.trim()) params.set("time_offset", form.time_offset.value.trim());
@@ -127,9 +134,33 @@ function upload(form) {
   document.getElementById("import-summary").hidden = true;
   document.getElementById("import-progress-box").hidden = false;
   document.getElementById("import-start").disabled = true;
-  bar.value = 0;
-  setText("import-percent", "0%");
-  setText("import-state", `Sending ${file.name} (${number(file.size)} bytes)…`);
+  let stored = 0; // percent of the file the server has stored
+  let sent = 0; // percent of the file the browser has sent
+  const show = () => {
+    bar.value = stored;
+    setText("import-percent", `${stored}%`);
+    setText("import-state", stored >= 100 ? "Done."
+      : `Stored ${stored}% of ${file.name} (${number(file.size)} bytes); sent ${sent}%.`);
+  };
+  show();
+
+  // The bar follows what the server has stored (it publishes the bytes of the file it has
+  // read and stored with each thousand rows), not only what the browser has sent: the
+  // network buffers megabytes ahead of the store.
+  let finished = false;
+  const poll = async () => {
+    if (finished) return;
+    try {
+      const response = await fetch(`/console/import/progress?id=${id}`, { credentials: "same-origin" });
+      if (response.ok && !finished) {
+        const state = await response.json();
+        stored = Math.max(stored, Math.min(99, Math.floor((state.read / file.size) * 100)));
+        show();
+      }
+    } catch (err) { /* the upload's own answer reports errors */ }
+    if (!finished) setTimeout(poll, 400);
+  };
+  setTimeout(poll, 400);
 
   const xhr = new XMLHttpRequest();
   xhr.open("POST", `/console/import?${params}`);
@@ -137,20 +168,13 @@ function upload(form) {
   // The server reads JSON Lines or a JSON array alike, and recognises gzip by its bytes.
   xhr.setRequestHeader("Content-Type", "application/x-ndjson");
   xhr.responseType = "json";
-  // The server stores rows as they arrive, so bytes sent track rows stored (TCP holds
-  // back the upload while the store catches up).
   xhr.upload.addEventListener("progress", (event) => {
     if (!event.lengthComputable) return;
-    const percent = Math.floor((event.loaded / event.total) * 100);
-    bar.value = percent;
-    setText("import-percent", `${percent}%`);
-  });
-  xhr.upload.addEventListener("load", () => {
-    bar.value = 100;
-    setText("import-percent", "100%");
-    setText("import-state", "Uploaded; storing the last rows…");
+    sent = Math.floor((event.loaded / event.total) * 100);
+    show();
   });
   xhr.addEventListener("load", () => {
+    finished = true;
     document.getElementById("import-start").disabled = false;
     const answer = xhr.response || {};
     if (xhr.status !== 200) {
@@ -158,10 +182,12 @@ function upload(form) {
       showError(`Not imported (${xhr.status}): ${answer.error || xhr.statusText}`);
       return;
     }
-    setText("import-state", "Done.");
+    stored = 100;
+    show();
     showSummary(file.name, answer);
   });
   xhr.addEventListener("error", () => {
+    finished = true;
     document.getElementById("import-start").disabled = false;
     showError("The upload failed: the connection was lost. What was stored stays stored; importing the file again adds only the rest.");
   });
