@@ -371,8 +371,8 @@ def overview():
 def import_page():
     """Upload a Mixpanel export or a Segment JSON Lines file, with a progress bar."""
     session = _authorize(page=True)
-    limit_mb = current_app.config["MIXPANEL_MAX_BODY"] / 1024 / 1024
-    return _page("import.html", session, limit_mb=limit_mb)
+    limit = current_app.config["MIXPANEL_MAX_BODY"]
+    return _page("import.html", session, limit_mb=limit / 1024 / 1024, limit_bytes=limit)
 
 
 # --------------------------------------------------------------------------- API

@@ -246,3 +246,52 @@ def test_console_pages_refuse_without_the_token(browser, tmp_path):
             page.close()
         finally:
             service.stop()
+
+
+def test_import_errors_and_a_segment_file_in_the_browser(browser, tmp_path):
+    """Over the size limit the page refuses before sending; a file with no events shows the
+    server's 400; a Segment JSON Lines file lands on its summary."""
+    with FakeMiso(api_key=MISO_KEY) as miso:
+        service = Service(tmp_path, miso)
+        service.env.update(ADAPTER_TOKEN=TOKEN, ADAPTER_MIXPANEL_MAX_MB="0.01")  # 10,485 bytes
+        service.start()
+        try:
+            page = browser.new_page()
+            page.goto(f"{service.url}/console/import")
+            page.fill("#token", TOKEN)
+            page.click("#login-form button[type=submit]")
+            page.wait_for_url(f"{service.url}/console/import")
+
+            big = tmp_path / "big.jsonl"
+            big.write_bytes(b'{"event": "x", "properties": {}}\n' * 400)  # 13,600 bytes
+            page.set_input_files("#import-file", str(big))
+            page.click("#import-start")
+            page.wait_for_selector("#import-error:not([hidden])")
+            assert "over this adapter's limit of 10,485 bytes" in page.inner_text("#import-error")
+            assert miso.records == [] and page.locator("#import-summary[hidden]").count() == 1
+
+            junk = tmp_path / "junk.jsonl"
+            junk.write_bytes(b"hello\nworld\n")
+            page.set_input_files("#import-file", str(junk))
+            page.click("#import-start")
+            page.wait_for_selector("#import-error:has-text('Not imported (400)')")
+            assert "no readable Mixpanel rows" in page.inner_text("#import-error")
+
+            messages = tmp_path / "segment.jsonl"
+            messages.write_bytes(b"\n".join(orjson.dumps({
+                "type": "track", "event": "Product Viewed", "messageId": f"seg-{n}",
+                "anonymousId": "anon-7", "userId": "user-7",
+                "timestamp": "2024-05-01T10:00:00.000Z", "properties": {"product_id": f"S{n}"},
+            }) for n in range(20)))  # fmt: skip
+            page.check("input[name=source][value=segment]")
+            page.set_input_files("#import-file", str(messages))
+            page.click("#import-start")
+            page.wait_for_selector("#import-summary:not([hidden])")
+            assert page.locator("#import-error").is_hidden()
+            assert cell(page, "#summary-received") == 20
+            assert cell(page, "#summary-accepted") == 20
+            assert "product_detail_page_view" in page.inner_text("#summary-types")
+            assert len(miso.wait_for(20)) == 20
+            page.close()
+        finally:
+            service.stop()

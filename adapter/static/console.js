@@ -122,6 +122,13 @@ function uploadId() {
 function upload(form) {
   const file = document.getElementById("import-file").files[0];
   if (!file) { showError("Choose a file first."); return; }
+  // The server refuses a larger body (413) before reading it, and a browser then often
+  // sees only a dropped connection: say so before sending.
+  const limit = Number(form.dataset.limitBytes);
+  if (limit && file.size > limit) {
+    showError(`${file.name} is ${number(file.size)} bytes, over this adapter's limit of ${number(limit)} bytes (ADAPTER_MIXPANEL_MAX_MB).`);
+    return;
+  }
   const source = form.source.value;
   const id = uploadId();
   const params = new URLSearchParams({ source, id });
