@@ -276,14 +276,11 @@ def _uncovered(data: dict[tuple[str, str], dict[str, Any]], now_minute: int) -> 
     from adapter.coverage import rule_stub
     from adapter.mapping import normalize_name
 
+    # Names beyond MAX_UNCOVERED in one flush were counted under an empty key: one
+    # "other" group per source, with no stub.
     groups: dict[tuple[str, str, str], dict[str, Any]] = {}
-    other: dict[str, dict[str, Any]] = {}
     for (source, key), entry in data.items():
-        if not key:  # beyond MAX_UNCOVERED distinct names in one flush
-            other.setdefault(source, {"counts": Counter(), "last": entry["last"]})
-            other[source]["counts"].update(entry["counts"])
-            continue
-        kind, match = orjson.loads(key)
+        kind, match = orjson.loads(key) if key else ("other", "")
         # As the table matches: event names loosely, calls by case, page paths exactly.
         norm = {"event": normalize_name, "call": str.casefold}.get(kind, str)(match)
         group = groups.setdefault(
@@ -300,22 +297,11 @@ def _uncovered(data: dict[tuple[str, str], dict[str, Any]], now_minute: int) -> 
             "source": source,
             "kind": kind,
             "match": match,
-            "spellings": [s for s, _ in ranked],
+            "spellings": [s for s, _ in ranked if s],
             "hour": group["counts"]["hour"],
             "day": group["counts"]["day"],
             "last_seen_minutes_ago": now_minute - group["last"],
-            "stub": rule_stub(kind, match),
-        })  # fmt: skip
-    for source, entry in other.items():
-        rows.append({
-            "source": source,
-            "kind": "other",
-            "match": "",
-            "spellings": [],
-            "hour": entry["counts"]["hour"],
-            "day": entry["counts"]["day"],
-            "last_seen_minutes_ago": now_minute - entry["last"],
-            "stub": "",
+            "stub": rule_stub(kind, match) if kind != "other" else "",
         })  # fmt: skip
     rows.sort(key=lambda r: (r["kind"] == "other", -r["day"], r["source"], r["match"]))
     return rows

@@ -171,6 +171,14 @@ def _page_error(exc: ApiError) -> Response:
     return Response(body, status=exc.code, mimetype="text/html")
 
 
+@bp.errorhandler(StoreError)
+def _store_down(exc: StoreError) -> Response:
+    """Any console route whose store call fails answers 503 saying so (no secret: store
+    errors name host and port, never a password)."""
+    doing = "read" if request.method == "GET" else "write"
+    return _page_error(ApiError(503, f"cannot {doing} the store right now: {exc}"))
+
+
 @bp.errorhandler(_SignIn)
 def _signed_out(exc: _SignIn) -> Response:
     return _sign_in_page(exc.message, exc.status)
@@ -310,14 +318,11 @@ def overview_data() -> dict[str, Any]:
     """Everything the console shows, as JSON-ready data (``/console/api/overview``)."""
     store = _store()
     ready, checks = web.readiness()
-    try:
-        tallies = activity.overview(store)
-        stats = store.stats()
-        dead = _dead_letters(store)
-        links = store.links_overview(20)
-        miso = store.get_status(MISO_STATUS)
-    except StoreError as exc:
-        raise ApiError(503, f"cannot read the store right now: {exc}") from None
+    tallies = activity.overview(store)
+    stats = store.stats()
+    dead = _dead_letters(store)
+    links = store.links_overview(20)
+    miso = store.get_status(MISO_STATUS)
     for link in links["recent"]:
         link["linked_at"] = _when(link["linked_at"])
     return {
@@ -345,16 +350,14 @@ def overview():
     lookup = (request.args.get("id") or "").strip()
     found = None
     if lookup:
-        try:
-            found = _store().links_of(lookup)
-        except StoreError as exc:
-            raise ApiError(503, f"cannot read the store right now: {exc}") from None
+        links = _store().links_of(lookup)
+        user = links.get("user") or {}
         found = {
-            "user": (found.get("user") or {}).get("user_id") if found.get("user") else None,
-            "user_linked_at": _when((found.get("user") or {}).get("linked_at")),
+            "user": user.get("user_id"),
+            "user_linked_at": _when(user.get("linked_at")),
             "anonymous": [
                 {"anonymous_id": a["anonymous_id"], "linked_at": _when(a["linked_at"])}
-                for a in found.get("anonymous", [])
+                for a in links.get("anonymous", [])
             ],
         }
     return _page(
@@ -420,10 +423,7 @@ def import_progress():
     """How far the upload ``?id=`` is stored: ``{"read": body bytes, "rows": rows}``;
     404 once it is finished (or before its first chunk is stored)."""
     _authorize()
-    try:
-        status = _store().get_status(_progress_name(request.args.get("id")))
-    except StoreError as exc:
-        raise ApiError(503, f"cannot read the store right now: {exc}") from None
+    status = _store().get_status(_progress_name(request.args.get("id")))
     if status is None:
         raise ApiError(404, "no upload in progress with this id")
     return jsonify(status)
@@ -446,10 +446,7 @@ def retry_dead_letters():
             or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids)
         ):
             raise ApiError(400, "'ids' must be a non-empty array of dead-letter ids (integers)")
-    try:
-        requeued = _store().requeue_dead(ids)
-    except StoreError as exc:
-        raise ApiError(503, f"cannot write the store right now: {exc}") from None
+    requeued = _store().requeue_dead(ids)
     log.info(
         "console: %d dead letters put back on the spool",
         requeued,

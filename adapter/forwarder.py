@@ -25,6 +25,7 @@ import random
 import socket
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass
 
 import orjson
@@ -151,8 +152,8 @@ class Forwarder:
             metrics.count_forwarded(items)
         else:
             metrics.count_retried(items)
-        for kind in ("record", "delete"):
-            self.activity.delivery(metric, kind, sum(1 for i in items if i.kind == kind))
+        for kind, n in Counter(i.kind for i in items).items():
+            self.activity.delivery(metric, kind, n)
 
     def _dead_lettered(self, kind: str, why: str, n: int) -> None:
         metrics.count_dead_lettered(kind, why, n)

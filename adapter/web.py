@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import gzip
 import hmac
 import io
 import logging
 import zlib
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -149,13 +151,36 @@ def _dedup_key(message: dict) -> str | None:
     return None
 
 
+_NOT_SEGMENT = "not a Segment message"
+
+
+def _segment_event(message: dict | None, problem: str | None) -> tuple[str | None, dict | str]:
+    """An ingest event: the message with its dedup key, or why it is not a message."""
+    if message is None:
+        return None, f"{_NOT_SEGMENT}: {problem}"
+    return _dedup_key(message), message
+
+
+@contextlib.contextmanager
+def _persisting() -> Iterator[None]:
+    """A store that cannot persist is a 503 (Segment retries), logged once, no secret."""
+    try:
+        yield
+    except StoreError as exc:
+        log.error("store cannot persist, answering 503: %s", exc, extra={"event": "store_error"})
+        raise ApiError(503, "cannot store the events right now; retry later") from None
+
+
+def _count(source: str, result: IngestResult, malformed: int = 0) -> None:
+    """What a request (or an upload's chunk) did: Prometheus counters and console tallies."""
+    metrics.count_ingest(source, result, malformed=malformed)
+    current_app.extensions["miso-adapter.activity"].ingest(source, result, malformed=malformed)
+
+
 def _ingest_segment(messages: list[tuple[str, dict | None, str | None]]):
     """Translate and durably accept; 503 when the store cannot persist."""
-    events = [
-        (_dedup_key(m), m) if m is not None else (None, f"not a Segment message: {problem}")
-        for _, m, problem in messages
-    ]
-    try:
+    events = [_segment_event(m, problem) for _, m, problem in messages]
+    with _persisting():
         result = ingest(
             _store(),
             _translator("segment"),
@@ -163,11 +188,7 @@ def _ingest_segment(messages: list[tuple[str, dict | None, str | None]]):
             source="segment",
             dedup_ttl=current_app.config["DEDUP_HOURS"] * 3600,
         )
-    except StoreError as exc:
-        log.error("store cannot persist, answering 503: %s", exc, extra={"event": "store_error"})
-        raise ApiError(503, "cannot store the events right now; retry later") from None
-    metrics.count_ingest("segment", result)
-    current_app.extensions["miso-adapter.activity"].ingest("segment", result)
+    _count("segment", result)
     return result
 
 
@@ -367,37 +388,44 @@ def _store_chunks(
     """
     translator = _translator(source)
     ttl = current_app.config["DEDUP_HOURS"] * 3600
-    activity = current_app.extensions["miso-adapter.activity"]
-    malformed = summary.malformed
+    counted_malformed = summary.malformed
+
+    def count(part: IngestResult) -> None:
+        # What was read and stored counts, even when the upload is cut off later.
+        nonlocal counted_malformed
+        _count(source, part, summary.malformed - counted_malformed)
+        counted_malformed = summary.malformed
+
     try:
-        for chunk in chunks_of:
-            status = None
-            if progress is not None:
-                status = (progress[0], {"read": progress[1].consumed, "rows": summary.rows})
-            if chunk:
-                part = ingest(_store(), translator, chunk, source=source, dedup_ttl=ttl,
-                              status=status)  # fmt: skip
-            else:
+        with _persisting():
+            for chunk in chunks_of:
+                status = None
+                if progress is not None:
+                    status = (progress[0], {"read": progress[1].consumed, "rows": summary.rows})
                 part = IngestResult()
-            summary.result.add(part)
-            # What was read and stored counts, even when the upload is cut off later.
-            metrics.count_ingest(source, part, malformed=summary.malformed - malformed)
-            activity.ingest(source, part, malformed=summary.malformed - malformed)
-            malformed = summary.malformed
+                if chunk:
+                    part = ingest(_store(), translator, chunk, source=source, dedup_ttl=ttl,
+                                  status=status)  # fmt: skip
+                summary.result.add(part)
+                count(part)
     except (OSError, EOFError, zlib.error) as exc:
         raise ApiError(400, f"body is not valid gzip: {exc}") from None
-    except StoreError as exc:
-        log.error("store cannot persist, answering 503: %s", exc, extra={"event": "store_error"})
-        raise ApiError(503, "cannot store the events right now; retry later") from None
     finally:
-        if summary.malformed != malformed:
-            metrics.count_ingest(source, IngestResult(), malformed=summary.malformed - malformed)
-            activity.ingest(source, IngestResult(), malformed=summary.malformed - malformed)
+        if summary.malformed != counted_malformed:
+            count(IngestResult())
         # An upload is worth seeing on the console at once, not a flush interval later.
-        activity.flush()
+        current_app.extensions["miso-adapter.activity"].flush()
         if progress is not None:
             with contextlib.suppress(StoreError):
                 _store().set_status(progress[0], None)
+
+
+_SHOWN_ERRORS = 20  # unreadable rows an upload's answer names, located
+
+
+def _keep_error(errors: list[str], where: str, message: str) -> None:
+    if len(errors) < _SHOWN_ERRORS:
+        errors.append(f"{where}: {message}")
 
 
 def _upload_answer(summary: ReplaySummary, errors: list[str]) -> dict[str, Any]:
@@ -422,11 +450,8 @@ def mixpanel_upload(*, sniff_gzip: bool = False, progress: str | None = None) ->
     summary = ReplaySummary()
     errors: list[str] = []
 
-    def report(where: str, message: str) -> None:
-        if len(errors) < 20:
-            errors.append(f"{where}: {message}")
-
     rows = ((where, row, 0) for where, row in iter_rows(body, "body"))
+    report = functools.partial(_keep_error, errors)
     parts = (chunk for chunk, _, _ in chunks(rows, normalizer, summary, report))
     _store_chunks("mixpanel", parts, summary, (progress, raw) if progress else None)
     if summary.rows and summary.malformed == summary.rows:
@@ -461,14 +486,11 @@ def segment_upload(*, sniff_gzip: bool = False, progress: str | None = None) -> 
             summary.rows += 1
             if isinstance(value, ReadError):
                 summary.malformed += 1
-                if len(errors) < 20:
-                    errors.append(f"{where}: {value.message}")
+                _keep_error(errors, where, value.message)
                 continue
-            for _, message, problem in segment.iter_messages(where, value):
-                if message is None:
-                    chunk.append((None, f"not a Segment message: {problem}"))
-                else:
-                    chunk.append((_dedup_key(message), message))
+            chunk += [
+                _segment_event(m, problem) for _, m, problem in segment.iter_messages(where, value)
+            ]
             if len(chunk) >= REPLAY_CHUNK:
                 yield chunk
                 chunk = []
@@ -481,7 +503,7 @@ def segment_upload(*, sniff_gzip: bool = False, progress: str | None = None) -> 
         raise ApiError(400, f"no readable Segment messages: {errors[0]}")
     result = summary.result
     if result.received and result.received == sum(
-        n for reason, n in result.skipped.items() if reason.startswith("not a Segment message")
+        n for reason, n in result.skipped.items() if reason.startswith(_NOT_SEGMENT)
     ):
         raise ApiError(400, "no Segment messages in the body: expected JSON objects with a 'type'")
     return _upload_answer(summary, errors)

@@ -522,3 +522,20 @@ def test_forwarder_records_delivery_tallies(store):
     for _, metric, source, key, n in store.activity(0):
         got[metric, source, key] += n
     assert got == {("forwarded", "", "record"): 3, ("dead_lettered", "", "rejected"): 1}
+
+
+def test_the_other_names_row_is_last_seen_at_its_newest_minute(store, now):
+    """Overflow counts from several minutes make one "other" row per source, last seen at
+    the newest of them, with no stub."""
+    m = int(now // 60)
+    store.add_activity([
+        (m - 5, "uncovered", "segment", "", 2),
+        (m - 1, "uncovered", "segment", "", 3),
+    ])  # fmt: skip
+    (row,) = overview(store, now=now)["uncovered"]
+    assert (row["kind"], row["day"], row["last_seen_minutes_ago"], row["stub"]) == (
+        "other",
+        5,
+        1,
+        "",
+    )

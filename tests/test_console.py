@@ -730,6 +730,10 @@ def test_a_store_that_cannot_be_read_is_a_503_page_or_json(app, client, monkeypa
     assert api.status_code == 503
     assert api.json == {"error": "cannot read the store right now: database is locked",
                         "status": 503}  # fmt: skip
+    monkeypatch.setattr(store_of(app), "requeue_dead", down)
+    retry = client.post("/console/dead-letters/retry", json={"all": True}, headers=BEARER)
+    assert retry.status_code == 503
+    assert retry.json["error"] == "cannot write the store right now: database is locked"
 
 
 class TestImportProgress:
