@@ -2,7 +2,7 @@
 
 One cycle (:meth:`Forwarder.step`) leases a batch (≤ 1,000 records, ≤ 1 MiB), checks
 each record against the Miso model, sends the valid ones, and acts on the answer
-(SPEC §6):
+(README.md § What it does with an event):
 
 * 200: ack.
 * 422: Miso inserted nothing. Dead-letter the records it names, with its message, and
@@ -45,7 +45,7 @@ MISO_STATUS = "miso"
 
 @dataclass
 class ForwarderSettings:
-    """Tunables; the defaults follow Miso's own SDK and SPEC §6."""
+    """Tunables; the batch limits are those of Miso's own SDK, the rest suit production."""
 
     batch_size: int = 1000
     max_bytes: int = 1 << 20  # 1 MiB request body, as Miso's SDK
@@ -58,9 +58,14 @@ class ForwarderSettings:
 
 
 def _backoff(attempts: int, settings: ForwarderSettings, retry_after: float | None) -> float:
-    """Exponential backoff with full jitter, never below Retry-After."""
+    """Exponential backoff with equal jitter, never below Retry-After.
+
+    The ceiling doubles with each attempt, from ``backoff_base`` up to ``backoff_cap``;
+    the delay is drawn uniformly from its upper half, so retries of many forwarders
+    spread out without any of them retrying almost at once.
+    """
     ceiling = min(settings.backoff_cap, settings.backoff_base * 2 ** max(attempts - 1, 0))
-    delay = random.uniform(ceiling / 2, ceiling)  # "equal jitter": spread, but not near 0
+    delay = random.uniform(ceiling / 2, ceiling)
     return max(delay, retry_after or 0.0)
 
 
@@ -194,10 +199,13 @@ class Forwarder:
             pending.extend(self._settle(items, outcome))
 
     def _complete_ids(self, parsed: list[tuple[Claimed, dict]]) -> None:
-        """Give every record both ids when a link is known (SPEC §5), as it goes out.
+        """Give every record both ids when a link is known, as it goes out.
 
         Applied at send time, so records queued before their link was learned still
-        reach Miso with both ids. A record carrying both is left as it is.
+        reach Miso with both ids: an anonymous-only record gets its user; a user-only
+        record gets the user's most recently linked anonymous id, unless its "user" is
+        itself a known anonymous id (a device's row read before its sign-in), which then
+        becomes the anonymous id beside its user. A record carrying both is left as it is.
         """
         anonymous = [
             r["anonymous_id"] for _, r in parsed if "user_id" not in r and "anonymous_id" in r
@@ -205,9 +213,12 @@ class Forwarder:
         users = [r["user_id"] for _, r in parsed if "anonymous_id" not in r and "user_id" in r]
         if not anonymous and not users:
             return
-        user_of, anonymous_of = self.store.resolve(anonymous, users)
+        user_of, anonymous_of = self.store.resolve(anonymous + users, users)
         for item, record in parsed:
             if "user_id" not in record and record.get("anonymous_id") in user_of:
+                record["user_id"] = user_of[record["anonymous_id"]]
+            elif "anonymous_id" not in record and record.get("user_id") in user_of:
+                record["anonymous_id"] = record["user_id"]
                 record["user_id"] = user_of[record["anonymous_id"]]
             elif "anonymous_id" not in record and record.get("user_id") in anonymous_of:
                 record["anonymous_id"] = anonymous_of[record["user_id"]]

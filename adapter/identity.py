@@ -1,4 +1,4 @@
-"""Identity links between anonymous and signed-in ids (SPEC §5).
+"""Identity links between anonymous and signed-in ids (README.md § Identity).
 
 Miso joins a visitor's anonymous history to their account only when one record
 carries both ``anonymous_id`` and ``user_id``. Translators report every link a

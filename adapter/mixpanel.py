@@ -13,21 +13,25 @@ A malformed line is yielded as a :class:`~adapter.reader.ReadError` with its loc
 Normalising (:class:`Normalizer`) applies Mixpanel's own semantics once, so the YAML
 table maps plain fields: hot-shard rows restored from their originals; ``time`` in
 seconds or milliseconds, corrected from a pre-2023 project's local time; ``user_id``
-and ``anonymous_id`` by SPEC §5 (``$device:`` prefixes, placeholders, numeric ids);
+and ``anonymous_id`` from ``$user_id``, ``$device_id`` and ``distinct_id`` (``$device:``
+prefixes, placeholders, numeric ids, ids known as anonymous: rules in mappings/README.md
+§ The default Mixpanel table);
 identity events (``$identify``, ``$create_alias``, ``$merge``) turned into the pair they
 link; system properties stripped; and the dedup key Mixpanel itself uses.
 """
 
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
 import io
+import re
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, NamedTuple
 from zoneinfo import ZoneInfo
 
 import ijson
@@ -36,7 +40,14 @@ import orjson
 from adapter import values
 from adapter.reader import ReadError
 
-__all__ = ["NOT_AN_EVENT", "NOT_AN_OBJECT", "Normalizer", "iter_rows", "open_export"]
+__all__ = [
+    "NOT_AN_EVENT",
+    "NOT_AN_OBJECT",
+    "Normalizer",
+    "identity_rows",
+    "iter_rows",
+    "open_export",
+]
 
 DEVICE_PREFIX = "$device:"
 IDENTITY_EVENTS = ("$identify", "$create_alias", "$merge")
@@ -61,6 +72,20 @@ _GZIP_MAGIC = b"\x1f\x8b"
 MAX_DEPTH = 64  # deepest nesting accepted in a JSON-array export (rows are a few levels)
 _BOM = b"\xef\xbb\xbf"
 _MS_THRESHOLD = 1e11
+_IDENTITY_NAMES = re.compile(rb'"\$(?:identify|create_alias|merge)"')
+_SETTLE_AT = 1000  # undecided events held at most, for callers that never call settle()
+
+Known = Callable[[str], bool]
+Pair = tuple[str | None, str | None]  # (user_id, anonymous_id)
+Decide = Callable[[Known], Pair]
+
+
+class _Pending(NamedTuple):
+    """An event whose ids depend on whether some of its ids are anonymous."""
+
+    event: dict
+    decide: Decide
+    candidates: tuple[str, ...]
 
 
 # --------------------------------------------------------------------------- reading
@@ -99,6 +124,60 @@ def iter_rows(stream: IO[bytes], name: str) -> Iterator[tuple[str, Any]]:
             yield f"{name}:{number}", orjson.loads(line)
         except orjson.JSONDecodeError as exc:
             yield f"{name}:{number}", ReadError(f"invalid JSON: {exc}")
+
+
+def identity_rows(stream: IO[bytes], name: str) -> Iterator[Any]:
+    """The identity rows (``$identify``, ``$create_alias``, ``$merge``) of an export.
+
+    A quick pass: of JSON Lines, only lines that name an identity event are parsed; a
+    JSON array is read whole, row by row. Unreadable rows are passed over (the full
+    read reports them).
+    """
+    buffered = io.BufferedReader(stream) if not isinstance(stream, io.BufferedReader) else stream
+    if buffered.peek(3)[:3] == _BOM:
+        buffered.read(3)
+    if buffered.peek(64).lstrip(b" \t\r\n").startswith(b"["):
+        for _, row in _array_rows(buffered, name):
+            if isinstance(row, dict) and (row.get("event") or row.get("event_name")) in (
+                IDENTITY_EVENTS
+            ):
+                yield row
+        return
+    for line in _lines_naming(buffered, _IDENTITY_NAMES):
+        try:
+            yield orjson.loads(line)
+        except orjson.JSONDecodeError:
+            continue
+
+
+def _lines_naming(stream: IO[bytes], pattern: re.Pattern[bytes]) -> Iterator[bytes]:
+    """The lines of ``stream`` in which ``pattern`` occurs, in order.
+
+    Searched a megabyte at a time by one regular expression (in C): a Python test of
+    each line cost a tenth of a dry run, a search per name a twentieth.
+    """
+    rest = b""
+    while True:
+        block = stream.read(1 << 20)
+        if not block:
+            break
+        block = rest + block
+        cut = block.rfind(b"\n") + 1
+        block, rest = block[:cut], block[cut:]
+        yield from _matching_lines(block, pattern)
+    yield from _matching_lines(rest, pattern)
+
+
+def _matching_lines(block: bytes, pattern: re.Pattern[bytes]) -> Iterator[bytes]:
+    end = -1
+    for match in pattern.finditer(block):
+        if match.start() <= end:
+            continue  # a second name on a line already given
+        start = block.rfind(b"\n", 0, match.start()) + 1
+        end = block.find(b"\n", match.end())
+        yield block[start:] if end < 0 else block[start:end]
+        if end < 0:
+            return
 
 
 def _array_rows(stream: IO[bytes], name: str) -> Iterator[tuple[str, Any]]:
@@ -158,7 +237,8 @@ class Normalizer:
         timezone: str | None = None,
         since: datetime | None = None,
         until: datetime | None = None,
-        known_anonymous: int = 200_000,
+        known_anonymous: Callable[[list[str]], Iterable[str]] | None = None,
+        cache_size: int = 200_000,
     ) -> None:
         if time_offset is not None and timezone is not None:
             raise ValueError("give a fixed time offset or a project timezone, not both")
@@ -168,12 +248,17 @@ class Normalizer:
         self._zone = ZoneInfo(timezone) if timezone else None
         self._since = since.timestamp() if since else None
         self._until = until.timestamp() if until else None
-        # Anonymous ids seen in this run, so a row re-keyed to a device id (Original ID
-        # Merge) is not mistaken for a user. Bounded: memory stays flat on huge exports.
-        # Kept as hash(id): a 64-bit int is a third of a UUID string, and memory then
-        # stays nearly flat (a collision in 2^64 is not a practical concern).
+        # Which ids are anonymous is the store's knowledge (links from every source, run
+        # and host): ``known_anonymous(ids)`` returns those of ``ids`` it holds as
+        # anonymous. In front of it, a bounded cache of the anonymous ids this run has
+        # met, so that a row re-keyed to a device id, or a device's pre-sign-in row, is
+        # not taken for a user. Kept as hash(id): a 64-bit int is a third of a UUID
+        # string, so memory stays nearly flat (a collision in 2^64 is not a concern).
+        self.known_anonymous = known_anonymous
         self._anonymous: OrderedDict[int, None] = OrderedDict()
-        self._anonymous_cap = known_anonymous
+        self._anonymous_cap = cache_size
+        # Events whose ids hang on whether an id is anonymous; settled in batches.
+        self._pending: list[_Pending] = []
         # Rows of one export share a few hundred property-name sets: which of a set's
         # names are system properties is worked out once per set (half the cost of _clean).
         self._system_names: dict[tuple[str, ...], tuple[str, ...]] = {}
@@ -212,14 +297,14 @@ class Normalizer:
         except (orjson.JSONEncodeError, RecursionError):
             # Deeper than any JSON serialiser goes (orjson: 255 levels): not a real event.
             return None, "properties nested too deeply"
-        user, anonymous = self._ids(name, props)
         event = {
             "event": name,
             "time": epoch,
-            "user_id": user,
-            "anonymous_id": anonymous,
+            "user_id": None,
+            "anonymous_id": None,
             "properties": self._clean(props),
         }
+        self._ids(name, props, event)
         return key, event
 
     # -- time
@@ -257,31 +342,90 @@ class Normalizer:
         if len(self._anonymous) > self._anonymous_cap:
             self._anonymous.popitem(last=False)
 
-    def _ids(self, name: str, props: dict) -> tuple[str | None, str | None]:
-        """(user_id, anonymous_id) by SPEC §5; identity events give the pair they link."""
+    def _cached(self, candidate: str) -> bool:
+        return hash(candidate) in self._anonymous
+
+    def _ids(self, name: str, props: dict, event: dict) -> None:
+        """Set the event's ``user_id`` and ``anonymous_id`` (rules in ``_choose``).
+
+        An id whose side is not known yet (an unprefixed ``distinct_id``) is decided from
+        this run's memory now and again in :meth:`settle`, against the store.
+        """
         if name in IDENTITY_EVENTS:
-            user, anonymous = _identity_pair(name, props)
+            decide, candidates = _identity_pair(name, props)
         else:
             device = _anonymous_id(props.get("$device_id"))
             distinct = values.to_id(props.get("distinct_id"))
             before = values.to_id(props.get("$distinct_id_before_identity"))
             user = values.to_id(props.get("$user_id"), max_length=512)
-            if user is None:
-                for candidate in (distinct, before):
-                    if (
-                        candidate is not None
-                        and not candidate.startswith(DEVICE_PREFIX)
-                        and candidate != device
-                        and hash(candidate) not in self._anonymous
-                        and len(candidate) <= 512
-                    ):
-                        user = candidate
-                        break
             anonymous = device
             if anonymous is None and distinct is not None and distinct.startswith(DEVICE_PREFIX):
                 anonymous = _anonymous_id(distinct)
+            candidates = tuple(
+                c
+                for c in (distinct, before)
+                if c is not None
+                and not c.startswith(DEVICE_PREFIX)
+                and c != device
+                and c != user
+                and len(c) <= 512
+            )
+            if not candidates:
+                event["user_id"], event["anonymous_id"] = user, anonymous
+                self._remember(anonymous)
+                return
+            decide = functools.partial(_choose, user, anonymous, candidates)
+        user, anonymous = decide(self._cached)
+        event["user_id"], event["anonymous_id"] = user, anonymous
+        if any(not self._cached(c) for c in candidates):
+            # Undecided: what it would be now is not yet knowledge to remember.
+            self._pending.append(_Pending(event, decide, candidates))
+            if len(self._pending) >= _SETTLE_AT:
+                self.settle()
+        else:
+            self._remember(anonymous)
+
+    def learn(self, row: Any) -> tuple[str, str] | None:
+        """The (anonymous, user) link of an identity row, remembered as this run's own.
+
+        For a pass over the identity rows before the events (:func:`identity_rows`), so
+        that a device's rows read before its sign-in are known as anonymous too.
+        """
+        if not isinstance(row, dict):
+            return None
+        if "event_name" in row and "event" not in row:
+            row = _from_pipeline(row)
+        name, props = row.get("event"), row.get("properties")
+        if name not in IDENTITY_EVENTS or not isinstance(props, dict):
+            return None
+        decide, candidates = _identity_pair(name, props)
+        if candidates and not any(self._cached(c) for c in candidates):
+            return None  # which side is which is only known in the full read
+        user, anonymous = decide(self._cached)
+        if user is None or anonymous is None:
+            return None
         self._remember(anonymous)
-        return user, anonymous
+        return anonymous, user
+
+    def settle(self) -> None:
+        """Decide again the ids of events read since the last call, against the store.
+
+        Call it on a batch of events before translating them: an id the store (or a row
+        later in the batch) knows as anonymous becomes the ``anonymous_id`` instead of
+        passing for a user. One look-up per batch, of the ids not already known.
+        """
+        pending, self._pending = self._pending, []
+        if not pending:
+            return
+        if self.known_anonymous is not None:
+            unknown = {c for p in pending for c in p.candidates if not self._cached(c)}
+            if unknown:
+                for anonymous in self.known_anonymous(sorted(unknown)):
+                    self._remember(anonymous)
+        for item in pending:
+            user, anonymous = item.decide(self._cached)
+            item.event["user_id"], item.event["anonymous_id"] = user, anonymous
+            self._remember(anonymous)
 
     def _clean(self, props: dict) -> dict:
         """Properties without Mixpanel's system ones, and without the ``$direct`` non-referrer."""
@@ -333,28 +477,76 @@ def _anonymous_id(value: Any) -> str | None:
     return text
 
 
-def _identity_pair(name: str, props: dict) -> tuple[str | None, str | None]:
-    """(user, anonymous) that an identity event links (SPEC §5)."""
+def _choose(
+    user: str | None, anonymous: str | None, candidates: tuple[str, ...], known: Known
+) -> tuple[str | None, str | None]:
+    """(user_id, anonymous_id) of an event, given which ids are ``known`` anonymous ids.
+
+    ``user``: ``$user_id``; ``anonymous``: ``$device_id``, else a ``$device:``-prefixed
+    ``distinct_id`` without its prefix. ``candidates`` (``distinct_id``, then
+    ``$distinct_id_before_identity``, unprefixed): a known anonymous one is the anonymous
+    id when none is set, any other the user when none is set.
+    """
+    for candidate in candidates:
+        if known(candidate):
+            if anonymous is None:
+                anonymous = candidate
+        elif user is None:
+            user = candidate
+    return user, anonymous
+
+
+def _identity_pair(name: str, props: dict) -> tuple[Decide, tuple[str, ...]]:
+    """How to decide the (user, anonymous) pair an identity event links, and the ids
+    whose side that depends on.
+
+    ``$identify``: ``$anon_distinct_id`` (or ``$anon_id``) is anonymous, ``$identified_id``
+    (or ``distinct_id``) the user. ``$create_alias``: ``distinct_id`` is anonymous (as
+    mixpanel-js sends it at sign-up), ``alias`` the user. ``$merge`` (``$distinct_ids``,
+    two ids): a ``$device:``-prefixed or known anonymous id is the anonymous side wherever
+    it stands; otherwise the order is [user, anonymous].
+    """
     if name == "$identify":
         anonymous = _anonymous_id(props.get("$anon_distinct_id")) or _anonymous_id(
             props.get("$anon_id")
         )
         user = values.to_id(props.get("$identified_id")) or values.to_id(props.get("distinct_id"))
     elif name == "$create_alias":
-        # mixpanel-js sends the current (anonymous) distinct_id and the new alias (the user).
         anonymous = _anonymous_id(props.get("distinct_id"))
         user = values.to_id(props.get("alias"))
-    else:  # $merge: [user, anonymous], except that a $device: id is always the anonymous one
+    else:
         ids = props.get("$distinct_ids")
         if not isinstance(ids, list) or len(ids) != 2:
-            return None, None
+            return _no_pair, ()
         first, second = (values.to_id(v) for v in ids)
         if first is not None and first.startswith(DEVICE_PREFIX):
             first, second = second, first
-        user, anonymous = first, _anonymous_id(second)
-    if user is not None and (user.startswith(DEVICE_PREFIX) or len(user) > 512):
-        user = None
+        elif not (second is not None and second.startswith(DEVICE_PREFIX)):
+            ambiguous = tuple(i for i in (first, second) if i is not None)
+            return functools.partial(_merge_pair, first, second), ambiguous
+        return functools.partial(_merge_pair, first, second), ()
+    return functools.partial(_fixed_pair, _user_side(user), anonymous), ()
+
+
+def _merge_pair(first: str | None, second: str | None, known: Known) -> Pair:
+    if first is not None and known(first) and not (second is not None and known(second)):
+        first, second = second, first
+    return _user_side(first), _anonymous_id(second)
+
+
+def _fixed_pair(user: str | None, anonymous: str | None, _: Known) -> Pair:
     return user, anonymous
+
+
+def _no_pair(_: Known) -> tuple[None, None]:
+    return None, None
+
+
+def _user_side(user: str | None) -> str | None:
+    """A user id, unless it is a device id or too long for Miso."""
+    if user is not None and (user.startswith(DEVICE_PREFIX) or len(user) > 512):
+        return None
+    return user
 
 
 def _is_system(name: Any) -> bool:

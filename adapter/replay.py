@@ -19,20 +19,20 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+import zlib
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-import orjson
-
 from adapter.activity import Activity
 from adapter.forwarder import MISO_STATUS, Forwarder
+from adapter.identity import Link
 from adapter.ingest import IngestResult, ingest
 from adapter.mapping import Translator
-from adapter.mixpanel import Normalizer, iter_rows, open_export
+from adapter.mixpanel import Normalizer, identity_rows, iter_rows, open_export
 from adapter.reader import ReadError
-from adapter.store import Store
+from adapter.store import Incoming, Store, anonymous_in
 
 __all__ = ["ForwarderProcess", "ForwarderThread", "ReplaySummary", "chunks", "replay_files"]
 
@@ -65,8 +65,8 @@ class ReplaySummary:
             out.append(f"resumed: {self.resumed_rows:,} rows already done were skipped")
         if dry_run:
             out.append(
-                f"records written: {self.records_out:,} (dry run: nothing stored, deduplicated "
-                "or sent)"
+                f"records written: {self.records_out:,}   duplicates: {r.duplicates:,} "
+                "(dry run: nothing stored or sent)"
             )
         else:
             out.append(f"records accepted: {r.accepted:,}   duplicates: {r.duplicates:,}")
@@ -217,41 +217,125 @@ def replay_files(
     store: Store | None,
     dedup_ttl: float,
     resume: bool = False,
+    dry_run: bool = False,
     output: IO[bytes] | None = None,
     forwarder: Forwarder | Sender | None = None,
     errors: IO[str] = sys.stderr,
     wait_for_delivery: float = 3600.0,
     max_spool: int = MAX_SPOOL,
 ) -> ReplaySummary:
-    """Replay export files; with ``store`` None it is a dry run writing to ``output``.
+    """Replay export files into ``store``; or, with ``dry_run``, write to ``output`` the
+    records a replay would send now (``store``, when given, is only read: its dedup keys
+    and identity links).
 
     ``forwarder`` sends while the replay reads: a :class:`Forwarder` (run in a thread),
-    a :class:`ForwarderThread` or a :class:`ForwarderProcess`; None stores only.
+    a :class:`ForwarderThread` or a :class:`ForwarderProcess`; None stores only. Unless
+    the normalizer has its own, the store says which ids are anonymous.
     """
     summary = ReplaySummary()
+    if store is not None and normalizer.known_anonymous is None:
+        normalizer.known_anonymous = anonymous_in(store)
+    preview = Preview(output, store) if dry_run else None
+    writer = None if dry_run else store
     activity = None
-    if store is not None:
-        summary.start_stats = store.stats()
-        activity = Activity(store).manual()  # the console shows replays beside webhooks
+    if writer is not None:
+        summary.start_stats = writer.stats()
+        activity = Activity(writer).manual()  # the console shows replays beside webhooks
     sender = None
-    if forwarder is not None and store is not None:
+    if forwarder is not None and writer is not None:
         sender = ForwarderThread(forwarder) if isinstance(forwarder, Forwarder) else forwarder
         sender.start()
     try:
+        _learn_identity(paths, normalizer, writer, dedup_ttl)
         for path in paths:
             summary.files += 1
-            _replay_one(path, summary, translator, normalizer, store, dedup_ttl, resume,
-                        output, errors, max_spool, sender, activity)  # fmt: skip
-        if sender is not None and store is not None:
-            summary.delivered_wait = _wait_for_delivery(store, sender, wait_for_delivery)
+            _replay_one(path, summary, translator, normalizer, writer, preview, dedup_ttl,
+                        resume, errors, max_spool, sender, activity)  # fmt: skip
+        if sender is not None and writer is not None:
+            summary.delivered_wait = _wait_for_delivery(writer, sender, wait_for_delivery)
     finally:
         if sender is not None:
             sender.stop()
         if activity is not None:
             activity.flush()
-    if store is not None:
-        summary.end_stats = store.stats()
+    if writer is not None:
+        summary.end_stats = writer.stats()
     return summary
+
+
+class Preview:
+    """A dry run's store: it deduplicates as the store would, and writes records out.
+
+    Given to :func:`~adapter.ingest.ingest` in place of the store, so a dry run takes the
+    very path a replay takes. Dedup keys are remembered within the run as 64-bit hashes
+    (about 60 bytes per distinct event) and, when ``store`` is given, looked up among its
+    live keys, read-only: what is written is what a replay would send now.
+    """
+
+    def __init__(self, output: IO[bytes] | None, store: Store | None = None) -> None:
+        self.output = output
+        self.store = store
+        self.records = 0
+        self._seen: set[int] = set()
+
+    def accept(
+        self,
+        batch: Sequence[Incoming],
+        dedup_ttl: float,
+        status: tuple[str, dict[str, Any]] | None = None,
+    ) -> list[bool]:
+        """Which items are duplicates; the others' records are written, not stored."""
+        live: set[str] = set()
+        if self.store is not None:
+            fresh = [
+                i.dedup_key for i in batch if i.dedup_key and hash(i.dedup_key) not in self._seen
+            ]
+            live = self.store.seen(fresh) if fresh else set()
+        duplicates: list[bool] = []
+        lines: list[bytes] = []
+        for item in batch:
+            if item.dedup_key is not None:
+                digest = hash(item.dedup_key)
+                if digest in self._seen or item.dedup_key in live:
+                    duplicates.append(True)
+                    continue
+                self._seen.add(digest)
+            duplicates.append(False)
+            lines.extend(item.records)
+        self.records += len(lines)
+        if self.output is not None and lines:
+            lines.append(b"")
+            self.output.write(b"\n".join(lines))  # one write per chunk, not per record
+        return duplicates
+
+
+def _learn_identity(
+    paths: list[Path], normalizer: Normalizer, store: Store | None, dedup_ttl: float
+) -> None:
+    """Learn the links of every identity row first, so that no row is read before its link.
+
+    A device's rows come before its sign-in, so a single pass would take its id for a
+    user's. The normalizer remembers the anonymous side; a replay also stores the links
+    (a dry run writes nothing), so the store knows them beyond the normalizer's memory.
+    """
+    for path in paths:
+        stream, raw = open_export(path)
+        links: list[Link] = []
+        try:
+            for row in identity_rows(stream, str(path)):
+                pair = normalizer.learn(row)
+                if pair is not None and store is not None:
+                    links.append(Link(*pair))
+                    if len(links) >= CHUNK:
+                        store.accept([Incoming(None, links=links, source="mixpanel")], dedup_ttl)
+                        links = []
+        except (OSError, EOFError, zlib.error):
+            pass  # a damaged file is reported, located, by the full read that follows
+        finally:
+            stream.close()
+            raw.close()
+        if links and store is not None:
+            store.accept([Incoming(None, links=links, source="mixpanel")], dedup_ttl)
 
 
 def chunks(
@@ -281,8 +365,10 @@ def chunks(
             continue
         chunk.append(normalizer(row))
         if len(chunk) >= CHUNK:
+            normalizer.settle()
             yield chunk, consumed, position
             chunk = []
+    normalizer.settle()
     yield chunk, consumed, position
 
 
@@ -292,9 +378,9 @@ def _replay_one(
     translator: Translator,
     normalizer: Normalizer,
     store: Store | None,
+    preview: Preview | None,
     dedup_ttl: float,
     resume: bool,
-    output: IO[bytes] | None,
     errors: IO[str],
     max_spool: int,
     sender: Sender | None,
@@ -316,9 +402,11 @@ def _replay_one(
         for chunk, consumed, position in chunks(
             _rows(path), normalizer, summary, report, skip=done
         ):
-            if store is None:
-                _dry_run(chunk, translator, summary, output)
-            else:
+            if preview is not None:
+                summary.result.add(ingest(preview, translator, chunk, source="mixpanel",
+                                          dedup_ttl=dedup_ttl))  # fmt: skip
+                summary.records_out = preview.records
+            elif store is not None:
                 _wait_for_room(store, max_spool, sender)
                 checkpoint = (name, {"file": str(path), "rows": consumed})
                 part = ingest(store, translator, chunk, source="mixpanel", dedup_ttl=dedup_ttl,
@@ -333,32 +421,6 @@ def _replay_one(
         progress.close()
     if summary.malformed - shown > SHOWN_ERRORS:
         print(f"... {summary.malformed - shown - SHOWN_ERRORS:,} more malformed rows", file=errors)
-
-
-def _dry_run(
-    chunk: list[tuple[str | None, dict | str]],
-    translator: Translator,
-    summary: ReplaySummary,
-    output: IO[bytes] | None,
-) -> None:
-    """Translate without storing: what a real replay would queue (before dedup)."""
-    result = summary.result
-    lines: list[bytes] = []
-    for _, event in chunk:
-        result.received += 1
-        if isinstance(event, str):
-            result.skipped[event] += 1
-            continue
-        translation = translator.translate(event)
-        result.links += len(translation.links)
-        if translation.skipped is not None:
-            result.skipped[translation.skipped] += 1
-        summary.records_out += len(translation.records)
-        if output is not None:
-            lines.extend(orjson.dumps(r, option=orjson.OPT_APPEND_NEWLINE)
-                         for r in translation.records)  # fmt: skip
-    if output is not None and lines:
-        output.write(b"".join(lines))  # one write per chunk, not per record
 
 
 def _refused(store: Store) -> dict[str, Any] | None:

@@ -1,4 +1,4 @@
-"""HTTP routes and the one JSON error handler (SPEC §3.2).
+"""HTTP routes and the one JSON error handler (README.md § Routes).
 
 ``POST /segment`` takes what Segment's Webhooks destinations send: one message, a bare
 array (Webhooks (Actions) batching) or ``{"batch": [...]}``. ``/v1/track|page|screen|
@@ -6,8 +6,9 @@ identify|alias|group|batch`` speak Segment's HTTP Tracking API, so Segment's own
 can post here directly. Records are durable in the store before any 200.
 
 Status codes: 400 malformed or wrong-shaped body (saying what and where), 401 bad
-signature or write key, 413 over the size limit, 415 unsupported content type, 503
-when the store cannot persist (Segment retries 5xx for 4 hours).
+signature, write key or token, 403 credentials for ``/metrics`` while ``ADAPTER_TOKEN`` is
+unset, 413 over the size limit, 415 unsupported content type, 503 when the store cannot
+persist (Segment retries 5xx for 4 hours).
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from adapter.reader import ReadError, read_json_values
 from adapter.reload import MappingWatcher
 from adapter.replay import CHUNK as REPLAY_CHUNK
 from adapter.replay import ReplaySummary, chunks
-from adapter.store import Store, StoreError, open_store
+from adapter.store import Store, StoreError, anonymous_in, open_store
 
 __all__ = [
     "ApiError",
@@ -326,6 +327,7 @@ def _mixpanel_normalizer() -> Normalizer:
             timezone=args.get("project_timezone") or None,
             since=_query_instant("since", end_of_day=False),
             until=_query_instant("until", end_of_day=True),
+            known_anonymous=anonymous_in(_store()),
         )
     except (ValueError, OverflowError, ZoneInfoNotFoundError) as exc:
         raise ApiError(400, f"bad query parameter: {exc}") from None

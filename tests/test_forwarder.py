@@ -9,6 +9,7 @@ import orjson
 import pytest
 
 from adapter.forwarder import MISO_STATUS, Forwarder, ForwarderSettings
+from adapter.identity import Link
 from adapter.miso import MisoClient, Outcome, key_id, parse_422
 from adapter.store import Incoming
 from adapter.store.sqlite import SqliteStore
@@ -57,6 +58,32 @@ def test_delivers_and_acks(store, miso):
     fwd = forwarder(store, miso)
     drain(fwd, lambda: store.stats()["spool"] == 0)
     assert miso.records == [like(n) for n in range(5)]
+
+
+def test_records_go_out_with_both_ids_of_a_known_link(store, miso):
+    """At send time a link fills the missing id; a "user" that is a known anonymous id (a
+    device's row read before its sign-in) becomes the anonymous id beside its user."""
+    store.accept([Incoming(None, links=[Link("dev-1", "u1"), Link("dev-2", "u2")])], 3600)
+    enqueue(
+        store,
+        [
+            {"type": "like", "anonymous_id": "dev-1", "product_ids": ["a"]},
+            {"type": "like", "user_id": "u1", "product_ids": ["b"]},
+            {"type": "like", "user_id": "dev-2", "product_ids": ["c"]},
+            {"type": "like", "user_id": "u9", "product_ids": ["d"]},
+            {"type": "like", "user_id": "u2", "anonymous_id": "other", "product_ids": ["e"]},
+        ],
+    )
+    drain(forwarder(store, miso), lambda: store.stats()["spool"] == 0)
+    assert [
+        (r["product_ids"][0], r.get("user_id"), r.get("anonymous_id")) for r in miso.records
+    ] == [
+        ("a", "u1", "dev-1"),
+        ("b", "u1", "dev-1"),
+        ("c", "u2", "dev-2"),
+        ("d", "u9", None),
+        ("e", "u2", "other"),
+    ]
 
 
 def test_batches_respect_count_and_size(store, miso):

@@ -1,4 +1,4 @@
-"""End to end: identity reconciliation (SPEC §5) through `serve` and `replay`, into the fake Miso.
+"""End to end: identity reconciliation (README.md § Identity) through `serve` and `replay`.
 
 The service runs as a user starts it (``miso-adapter serve`` in a subprocess, see
 tests/test_service.py); the Mixpanel export goes through the real ``replay mixpanel``
@@ -22,8 +22,8 @@ from adapter.testing import FakeMiso, RequestLog
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_service import MISO_KEY, Service, message
 
-#: Every record the fake Miso accepted in this module, whatever the test (SPEC §5: none is
-#: ever sent without an id).
+#: Every record the fake Miso accepted in this module, whatever the test (none may ever be
+#: sent without an id).
 SENT: list[dict] = []
 
 
@@ -247,3 +247,121 @@ def test_no_record_without_an_id_ever_reaches_miso(service, miso):
     assert len(SENT) >= 8, SENT
     assert with_product(SENT, "no-id") == []
     assert [r for r in SENT if not (r.get("user_id") or r.get("anonymous_id"))] == []
+
+
+# --------------------------------------------------------------------------- Original ID Merge
+
+#: 2024-05-01T10:00:00Z; rows of the Original ID Merge export follow each other by a minute.
+T0 = 1714557600
+
+
+class OriginalExport:
+    """An export of an Original ID Merge project, as older mixpanel-js and a server send it.
+
+    Devices browse under their own unprefixed ``distinct_id`` and no ``$device_id``; then
+    ``$identify`` (``$anon_distinct_id`` → the user), ``$create_alias`` (``distinct_id``
+    → ``alias``) or a server's ``$merge`` joins them to a user, whose later rows carry
+    the user's id. ``expected`` is product tag → (user_id, anonymous_id) Miso must see.
+    """
+
+    def __init__(self) -> None:
+        self.rows: list[dict] = []
+        self.expected: dict[str, tuple[str, str]] = {}
+
+    def row(self, event: str, **props) -> None:
+        props.setdefault("$insert_id", uuid.uuid4().hex)
+        props.setdefault("mp_lib", "web")
+        self.rows.append(
+            {"event": event, "properties": {"time": T0 + len(self.rows) * 60, **props}}
+        )
+
+    def viewed(self, distinct_id: str, ids: tuple[str, str], **props) -> None:
+        tag = uid("p")
+        self.expected[tag] = ids
+        self.row("Product Viewed", distinct_id=distinct_id, product_id=tag, **props)
+
+    def filler(self, n: int) -> None:
+        """Rows of other visitors: the identity rows below land in a later chunk."""
+        for _ in range(n):
+            self.row("Page Viewed", distinct_id=f"$device:{uuid.uuid4()}", current_url_path="/")
+
+    def write(self, path: Path) -> Path:
+        path.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in self.rows))
+        return path
+
+
+def original_id_merge_export(filler: int) -> OriginalExport:
+    """Three sign-ins, one of each kind, each with anonymous rows before and user rows after."""
+    export = OriginalExport()
+    a, u = str(uuid.uuid4()), uid("user-identify")
+    b, v = str(uuid.uuid4()), uid("user-alias")
+    c, w = str(uuid.uuid4()), uid("user-merge")
+    export.viewed(a, (u, a))
+    export.viewed(a, (u, a))
+    export.viewed(b, (v, b))
+    export.viewed(c, (w, c), **{"$device_id": c})  # mixpanel-js 2.2x also sends $device_id
+    export.filler(filler)
+    export.row("$identify", distinct_id=u, **{"$anon_distinct_id": a})
+    export.row("$create_alias", distinct_id=b, alias=v)
+    export.row("$merge", distinct_id=w, **{"$distinct_ids": [c, w]})  # anonymous side first
+    export.viewed(u, (u, a))
+    export.viewed(v, (v, b))
+    export.viewed(w, (w, c))
+    return export
+
+
+def ids_by_tag(records: list[dict]) -> dict[str, tuple[str | None, str | None]]:
+    return {
+        r["product_ids"][0]: (r.get("user_id"), r.get("anonymous_id"))
+        for r in records
+        if r.get("type") == "product_detail_page_view"
+    }
+
+
+def test_original_id_merge_replay_sends_every_row_with_both_ids(tmp_path, miso):
+    """replay mixpanel of an Original ID Merge export ($identify, $create_alias, $merge,
+    unprefixed device ids without $device_id, sign-ins 1,200 rows after the devices' first
+    rows): every pre- and post-sign-in row reaches Miso with both ids."""
+    export = original_id_merge_export(filler=1200)
+    path = export.write(tmp_path / "original.jsonl")
+    done = Service(tmp_path, miso).cli("replay", "mixpanel", str(path))
+    assert done.returncode == 0, done.stderr[-4000:]
+    records = miso.wait_for(len(export.expected), timeout=30)
+    got = ids_by_tag(records)
+    assert {t: got.get(t) for t in export.expected} == export.expected
+
+
+def test_original_id_merge_upload_sends_every_row_with_both_ids(service, miso):
+    """POST /mixpanel of an Original ID Merge export: the same rows reach Miso with both ids."""
+    export = original_id_merge_export(filler=0)
+    body = b"".join(orjson.dumps(r) + b"\n" for r in export.rows)
+    response = service.post("/mixpanel", None, raw=body, **{"Content-Type": "application/x-ndjson"})
+    assert response.status_code == 200, response.text
+    assert response.json()["accepted"] == len(export.expected)
+    wait_until(lambda: len(ids_by_tag(miso.records)) >= len(export.expected), "the records")
+    got = ids_by_tag(miso.records)
+    assert {t: got.get(t) for t in export.expected} == export.expected
+
+
+def test_a_link_from_an_earlier_replay_makes_a_later_exports_device_rows_anonymous(tmp_path, miso):
+    """Last week's export links device A to user U; this week's rows of A alone (unprefixed,
+    no $device_id) are A's anonymous rows: the preview shows A as anonymous_id, and Miso
+    gets them with both ids."""
+    device, user = str(uuid.uuid4()), uid("user")
+    service = Service(tmp_path, miso)
+    week1 = OriginalExport()
+    week1.row("$identify", distinct_id=user, **{"$anon_distinct_id": device})
+    week2 = OriginalExport()
+    week2.viewed(device, (user, device))
+    week2.viewed(device, (user, device))
+    done = service.cli("replay", "mixpanel", str(week1.write(tmp_path / "week1.jsonl")))
+    assert done.returncode == 0, done.stderr[-4000:]
+    week2_path = week2.write(tmp_path / "week2.jsonl")
+    preview = service.cli("replay", "mixpanel", str(week2_path), "--dry-run")
+    assert preview.returncode == 0, preview.stderr[-4000:]
+    shown = [orjson.loads(line) for line in preview.stdout.splitlines()]
+    assert [(r.get("user_id"), r["anonymous_id"]) for r in shown] == [(None, device)] * 2
+    done = service.cli("replay", "mixpanel", str(week2_path))
+    assert done.returncode == 0, done.stderr[-4000:]
+    records = miso.wait_for(2, timeout=30)
+    assert ids_by_tag(records) == week2.expected

@@ -1,27 +1,31 @@
-"""The shipped Mixpanel table (SPEC §4.3), Mixpanel ids (SPEC §5) and export rows (SPEC §7).
+"""The shipped Mixpanel table, Mixpanel ids and links, and export rows.
 
 Every case feeds a row shaped like what Mixpanel's raw export really returns (mixpanel-js
 default properties, server-side ``/import`` rows, Original-merge identity events, hot-shard
 rows, Data Pipelines rows) through the Normalizer and the shipped ``mixpanel.yaml``, and
-compares the WHOLE Miso record. Every expected value is derived from the SPEC — §2 (record
-rules), §4.1 (common fields), §4.3 (the table), §5 (ids and links), §7 (export facts) — and
-from ``research/mixpanel.md`` for the shape of the input, never copied from the code's output.
+compares the WHOLE Miso record. Every expected value is worked out by hand from the documented
+rules — ``mappings/README.md`` (conversions, the default Mixpanel table and what the
+normaliser does), the comments of ``mappings/mixpanel.yaml``, and README.md (Identity; Replay
+a Mixpanel export) — and from Mixpanel's documentation for the shape of the input, never
+copied from the code's output.
 """
 
 from __future__ import annotations
 
 import copy
 import functools
+import io
 import json
 import re
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from adapter.identity import Link
 from adapter.mapping import Translation, Translator, load_mapping
-from adapter.mixpanel import Normalizer
+from adapter.mixpanel import Normalizer, identity_rows
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -38,7 +42,7 @@ MISO_ID = "3f2b1c6e-8d4a-4e5b-9a7c-1d2e3f4a5b6c"
 #                      = 1704067200 + 161 * 86400 = 1717977600.
 JUNE_10 = 1_717_977_600
 # time = 14:58:32 on that day: 14 * 3600 + 58 * 60 + 32 = 53912 s.
-TIME = JUNE_10 + 53_912  # 1718031512, the research sample's first line
+TIME = JUNE_10 + 53_912  # 1718031512, as in test_sample_page_view_is_skipped
 TIMESTAMP = "2024-06-10T14:58:32.000Z"
 
 PAGE_URL = (
@@ -48,7 +52,7 @@ PAGE_URL = (
 )
 REFERRER = "https://mail.google.com/"
 
-# Mixpanel's own bookkeeping, which must never reach Miso (SPEC §7).
+# Mixpanel's own bookkeeping, which must never reach Miso.
 SYSTEM_PROPERTIES = {
     "mp_lib": "web",
     "$lib_version": "2.60.0",
@@ -60,7 +64,7 @@ SYSTEM_PROPERTIES = {
 
 
 def browser_properties() -> dict:
-    """What mixpanel-js adds to a track() call of a signed-in visitor (research §3)."""
+    """What mixpanel-js adds to a track() call of a signed-in visitor (its default properties)."""
     return {
         "time": TIME,
         "distinct_id": USER,
@@ -96,7 +100,7 @@ def export_row(event: str, properties: dict | None = None) -> dict:
 
 
 def server_row(event: str, properties: dict) -> dict:
-    """A server-side ``/import``-ed line (research §8 line 2): ids, geo, no browser context."""
+    """A server-side ``/import``-ed line: ids, geo, no browser context."""
     base = {
         "time": TIME,
         "distinct_id": USER,
@@ -156,8 +160,8 @@ def translate_one(row: Any, **normalizer_options: Any) -> dict:
 
 # --------------------------------------------------------------------------- expected records
 
-# §4.1: context.page ← $current_url, $referrer (not "$direct"), current_page_title;
-# context.campaign ← utm_campaign/source/medium/term/content.
+# The table's common fields: context.page ← $current_url, $referrer (not "$direct"),
+# current_page_title; context.campaign ← utm_campaign/source/medium/term/content.
 EXPECTED_CONTEXT = {
     "page": {"url": PAGE_URL, "referrer": REFERRER},
     "campaign": {
@@ -215,7 +219,7 @@ def case(event: str, properties: dict, miso_type: str, fields: dict, case_id: st
     return pytest.param(event, properties, miso_type, fields, id=case_id)
 
 
-# One case per (row of SPEC §4.3, event-name alias), plus the field variants the row names.
+# One case per (rule of mixpanel.yaml, event-name alias), plus the field variants it reads.
 TABLE = [
     # --- product_detail_page_view; ids from product_id, sku, item_id, product, items[]
     case(
@@ -264,7 +268,7 @@ TABLE = [
         "Product Viewed",
         {"product_id": 1042, "name": "Merino Wool Socks"},
         "product_detail_page_view",
-        {"product_ids": ["1042"]},  # §5: numeric ids are sent as strings
+        {"product_ids": ["1042"]},  # numeric ids are sent as strings
         "numeric-product-id",
     ),
     case(
@@ -408,7 +412,7 @@ TABLE = [
         "Purchase Completed",
         {"order_id": "A-1011", "revenue": "59.90", "sku": "MWS-42-GRY", "quantity": "2"},
         "checkout",
-        # §4: type coercion, a numeric string is a number
+        # type coercion: a numeric string is a number
         {"product_ids": ["MWS-42-GRY"], "quantities": [2], "revenue": 59.9},
         "purchase-completed-string-numbers",
     ),
@@ -588,7 +592,7 @@ TABLE = [
 
 @pytest.mark.parametrize(("event", "properties", "miso_type", "fields"), TABLE)
 def test_table_row(event, properties, miso_type, fields):
-    """Each §4.3 event name from mixpanel-js becomes the whole expected Miso record."""
+    """Each event name of the table, from mixpanel-js, becomes the whole expected Miso record."""
     result = translate(export_row(event, properties))
     assert result.records == [expected(miso_type, **fields)]
     assert set(result.links) == BOTH_IDS_LINK
@@ -597,7 +601,7 @@ def test_table_row(event, properties, miso_type, fields):
 
 
 def test_server_side_order_without_products():
-    """The research's /import-ed Order Completed line is a checkout with revenue only."""
+    """A server-side /import-ed Order Completed line is a checkout with revenue only."""
     row = {
         "event": "Order Completed",
         "properties": {
@@ -647,7 +651,7 @@ HOME_TITLE = "Example Shop | Cozy knitwear for every season"
 
 
 def page_view_row(event: str, url: str, path: str | None, title: str | None, **more: Any) -> dict:
-    """A page view as mixpanel-js ``track_pageview()`` sends it (research §3)."""
+    """A page view as mixpanel-js ``track_pageview()`` sends it."""
     page = {"$current_url": url, "current_domain": "shop.example.com"}
     if path is not None:
         page |= {"current_url_path": path, "current_url_protocol": "https:"}
@@ -761,8 +765,8 @@ def test_page_view_on_other_path_is_skipped(row):
     assert set(result.links) == BOTH_IDS_LINK
 
 
-def test_research_sample_page_view_is_skipped():
-    """The research's anonymous $mp_web_page_view on /pricing gives no record and no link."""
+def test_sample_page_view_is_skipped():
+    """An anonymous $mp_web_page_view on /pricing gives no record and no link."""
     row = {
         "event": "$mp_web_page_view",
         "properties": {
@@ -807,7 +811,7 @@ def test_research_sample_page_view_is_skipped():
 
 
 def autocapture(event: str, **more: Any) -> dict:
-    """An autocapture event (mixpanel-js ≥ 2.60.0, research §3)."""
+    """An autocapture event (mixpanel-js ≥ 2.60.0)."""
     return export_row(
         event,
         {
@@ -856,7 +860,7 @@ def test_event_no_rule_covers_is_skipped(row):
 
 
 def hot_shard_row(properties: dict) -> dict:
-    """A row Mixpanel renamed to $hotshard_events, distinct_id blanked (research §1b)."""
+    """A row Mixpanel renamed to $hotshard_events, distinct_id blanked (its hot-shard limits)."""
     base = {
         "time": TIME,
         "distinct_id": "",
@@ -953,7 +957,7 @@ def test_hot_shard_row_without_original_is_skipped(properties):
     ("row", "link"),
     [
         pytest.param(
-            # research §8 line 3: Original ID Merge, re-keyed to the anonymous canonical id.
+            # A pre-2023 project's Original ID Merge row, re-keyed to the anonymous canonical id.
             {
                 "event": "$identify",
                 "properties": {
@@ -969,7 +973,7 @@ def test_hot_shard_row_without_original_is_skipped(properties):
                 },
             },
             Link(anonymous_id="0b6d1f4e-3a2c-4c8e-9d7a-5e1f2b3c4d5e", user_id="u_48213"),
-            id="identify-research-sample",
+            id="identify-original-merge-sample",
         ),
         pytest.param(
             # mixpanel-js identify(): distinct_id = the new id, $anon_distinct_id = the old one.
@@ -1117,7 +1121,7 @@ def ids_row(ids: dict) -> dict:
         ),
         pytest.param(
             {"distinct_id": DEVICE},
-            DEVICE,  # unprefixed, no $device_id: a plain distinct_id, so a user id (§5)
+            DEVICE,  # unprefixed, no $device_id: a plain distinct_id, so a user id
             None,
             id="plain-uuid-distinct-id-is-a-user",
         ),
@@ -1190,7 +1194,7 @@ def ids_row(ids: dict) -> dict:
     ],
 )
 def test_ids(ids, user_id, anonymous_id):
-    """user_id and anonymous_id follow SPEC §5's Mixpanel rules; both together give a link."""
+    """user_id and anonymous_id follow the Mixpanel id rules; both together give a link."""
     result = translate(ids_row(ids))
     wanted = expected("product_detail_page_view", product_ids=[PID])
     wanted = _apply(
@@ -1261,9 +1265,9 @@ def test_row_without_any_id_is_skipped():
     assert re.search(r"anonymous.?id", result.skipped, re.IGNORECASE), result.skipped
 
 
-def test_known_anonymous_distinct_id_is_not_a_user():
-    """A distinct_id already seen as an anonymous id is not taken for a user id."""
-    # Original ID Merge re-keys rows to a canonical id that may be the device's (research §4);
+def test_known_anonymous_distinct_id_is_the_anonymous_side():
+    """A distinct_id already seen as an anonymous id is the record's anonymous_id, not a user."""
+    # Original ID Merge re-keys rows to a canonical id that may be the device's;
     # the as-ingested id stays in $distinct_id_before_identity.
     anon = "0b6d1f4e-3a2c-4c8e-9d7a-5e1f2b3c4d5e"
     normalizer = Normalizer()
@@ -1296,6 +1300,7 @@ def test_known_anonymous_distinct_id_is_not_a_user():
         {
             "type": "checkout",
             "user_id": USER,
+            "anonymous_id": anon,
             "timestamp": TIMESTAMP,
             "product_ids": [PID],
             "quantities": [1],
@@ -1304,9 +1309,118 @@ def test_known_anonymous_distinct_id_is_not_a_user():
     ]
 
 
+def _identify(anonymous: str, user: str) -> dict:
+    """An Original ID Merge $identify row as mixpanel-js sends it (anonymous → user)."""
+    props = {"distinct_id": user, "$anon_distinct_id": anonymous, "$user_id": DROP}
+    return server_row("$identify", {**props, "$device_id": DROP})
+
+
+def _ids_of(normalizer: Normalizer, row: dict) -> dict:
+    return normalizer(row)[1]
+
+
+def test_a_device_row_read_before_its_sign_in_is_anonymous_once_settled():
+    """Original ID Merge: rows of an unprefixed device id read before its $identify are
+    decided again by settle(): the device id is their anonymous_id, not a user."""
+    normalizer = Normalizer()
+    early = _ids_of(normalizer, ids_row({"distinct_id": "dev-1"}))
+    assert (early["user_id"], early["anonymous_id"]) == ("dev-1", None)  # not known yet
+    normalizer(_identify("dev-1", USER))
+    late = _ids_of(normalizer, ids_row({"distinct_id": "dev-1"}))
+    assert (late["user_id"], late["anonymous_id"]) == (None, "dev-1")
+    normalizer.settle()
+    assert (early["user_id"], early["anonymous_id"]) == (None, "dev-1")
+    result = _translator().translate(early)
+    assert [r.get("anonymous_id") for r in result.records] == ["dev-1"]
+
+
+def test_ids_known_to_the_store_as_anonymous_are_anonymous():
+    """known_anonymous (the store) says which ids are anonymous: one look-up per batch, of
+    the ids this run does not know; what it names is remembered."""
+    asked: list[list[str]] = []
+
+    def store_knows(ids: list[str]) -> list[str]:
+        asked.append(ids)
+        return [i for i in ids if i.startswith("dev-")]
+
+    normalizer = Normalizer(known_anonymous=store_knows)
+    rows = [
+        _ids_of(normalizer, ids_row({"distinct_id": "dev-7"})),
+        _ids_of(normalizer, ids_row({"distinct_id": USER})),
+        _ids_of(normalizer, ids_row({"distinct_id": "dev-7", "$device_id": DEVICE})),
+        _ids_of(normalizer, ids_row({"distinct_id": USER, "$user_id": USER})),
+    ]
+    normalizer.settle()
+    assert asked == [["dev-7", USER]]
+    assert [(r["user_id"], r["anonymous_id"]) for r in rows] == [
+        (None, "dev-7"),
+        (USER, None),
+        (None, DEVICE),  # a $device_id is the anonymous id; dev-7 is no user either
+        (USER, None),
+    ]
+    again = _ids_of(normalizer, ids_row({"distinct_id": "dev-7"}))
+    normalizer.settle()
+    assert (again["anonymous_id"], asked[1:]) == ("dev-7", [])  # remembered, not asked again
+
+
+def test_a_rekeyed_row_keeps_its_user_beside_the_known_device():
+    """A row re-keyed to a known device id keeps the as-ingested user id from
+    $distinct_id_before_identity: both ids."""
+    normalizer = Normalizer(known_anonymous=lambda ids: [i for i in ids if i == "dev-2"])
+    event = _ids_of(
+        normalizer, ids_row({"distinct_id": "dev-2", "$distinct_id_before_identity": USER})
+    )
+    normalizer.settle()
+    assert (event["user_id"], event["anonymous_id"]) == (USER, "dev-2")
+
+
+@pytest.mark.parametrize(
+    ("ids", "known", "link"),
+    [
+        pytest.param([USER, "dev-3"], [], Link("dev-3", USER), id="order-rule"),
+        pytest.param(["dev-3", USER], ["dev-3"], Link("dev-3", USER), id="known-first"),
+        pytest.param([USER, "dev-3"], ["dev-3"], Link("dev-3", USER), id="known-second"),
+        pytest.param([f"$device:{DEVICE}", USER], [USER], Link(DEVICE, USER), id="prefix-wins"),
+    ],
+)
+def test_merge_takes_a_known_anonymous_id_as_the_anonymous_side(ids, known, link):
+    """$merge: a $device:-prefixed or known anonymous id is the anonymous side wherever it
+    stands; otherwise the order is [user, anonymous]."""
+    normalizer = Normalizer(known_anonymous=lambda asked: [i for i in asked if i in known])
+    row = server_row("$merge", {"$distinct_ids": ids, "distinct_id": ids[0], "$user_id": DROP})
+    _, event = normalizer(row)
+    normalizer.settle()
+    assert _translator().translate(event).links == [link]
+
+
+def test_merge_learns_from_a_device_seen_earlier_in_the_run():
+    """An id this run has seen as a $device_id is anonymous in a later $merge."""
+    normalizer = Normalizer()
+    normalizer(ids_row({"distinct_id": "dev-4", "$device_id": "dev-4"}))
+    row = server_row("$merge", {"$distinct_ids": ["dev-4", USER], "distinct_id": USER})
+    _, event = normalizer(row)
+    normalizer.settle()
+    assert _translator().translate(event).links == [Link("dev-4", USER)]
+
+
+def test_identity_rows_finds_the_identity_rows_of_lines_and_arrays():
+    """identity_rows() yields only $identify/$create_alias/$merge rows, from JSON Lines
+    (garbage lines passed over) and from a JSON array; learn() gives each one's link."""
+
+    rows = [ids_row({"distinct_id": "x"}), _identify("dev-5", USER), _identify("dev-6", "u2")]
+    lines = b"".join(orjson.dumps(r) + b"\n" for r in rows) + b'{"event": "$merge", oops\n'
+    array = orjson.dumps(rows)
+    for body in (lines, array):
+        normalizer = Normalizer()
+        found = list(identity_rows(io.BytesIO(body), "export"))
+        assert [normalizer.learn(r) for r in found] == [("dev-5", USER), ("dev-6", "u2")]
+        event = _ids_of(normalizer, ids_row({"distinct_id": "dev-6"}))
+        assert (event["user_id"], event["anonymous_id"]) == (None, "dev-6")
+
+
 # --------------------------------------------------------------------------- time
 
-# Wall-clock instants (local time written as if it were UTC, research §1a), by hand:
+# Wall-clock instants (a pre-2023 project's local time written as if it were UTC), by hand:
 # 2024-03-10T00:00:00Z = 1704067200 + (31 + 29 + 9) * 86400 = 1704067200 + 69 * 86400 = 1710028800
 # 2024-11-03T00:00:00Z = 1704067200 + (305 + 2) * 86400 = 1704067200 + 307 * 86400 = 1730592000
 #   (305 = 31+29+31+30+31+30+31+31+30+31 days, January to October 2024)
@@ -1388,14 +1502,15 @@ NOVEMBER_3 = 1_730_592_000
             "2024-11-03T10:30:00.000Z",
             id="la-after-fall-back",
         ),
-        # research §8 line 3: 1580913600 = 2020-02-05T14:40:00 wall clock
+        # The Original-merge $identify row (identify-original-merge-sample): 1580913600 =
+        # 2020-02-05T14:40:00 wall clock
         # (1580860800 = 2020-02-05T00:00Z: 18297 days * 86400; +52800 s = 14:40), PST → 22:40Z,
         # which matches its mp_processing_time_ms 1580942401337 (22:40:01.337Z).
         pytest.param(
             1_580_913_600,
             {"timezone": "America/Los_Angeles"},
             "2020-02-05T22:40:00.000Z",
-            id="la-research-sample",
+            id="la-identify-sample",
         ),
     ],
 )
@@ -1461,7 +1576,7 @@ def test_time(time, options, wanted):
     ],
 )
 def test_context_fields(changes, wanted_context):
-    """context.page, campaign and truncated_ip follow SPEC §4.1's Mixpanel column and §2."""
+    """context.page, campaign and truncated_ip follow the table's common fields and conversions."""
     row = export_row("Product Viewed", {"product_id": PID, **changes})
     assert translate_one(row) == expected(
         "product_detail_page_view", product_ids=[PID], context=wanted_context
@@ -1520,7 +1635,7 @@ _TOP_LEVEL = {
 
 
 def pipeline_row(raw: dict, *, keep_in_properties: bool = False, as_text: bool = False) -> dict:
-    """The Data Pipelines JSON form of a raw-export row (research §2)."""
+    """The Data Pipelines JSON form of a raw-export row."""
     props = dict(raw["properties"])
     out: dict[str, Any] = {"event_name": raw["event"]}
     for prop, column in _TOP_LEVEL.items():

@@ -293,6 +293,31 @@ def test_dry_run_writes_records_and_sends_nothing(cli, miso, export, tmp_path):
     assert miso.requests == []
 
 
+def test_dry_run_shows_exactly_what_the_replay_then_sends(cli, miso, tmp_path):
+    """On an export full of duplicate lines that overlaps one already replayed, --dry-run
+    writes exactly the records the replay then sends, and writes nothing to the store."""
+    full = write_export(tmp_path / "full.jsonl", 1500, dup_rate=0.3, seed=7)
+    lines = full.path.read_bytes().splitlines(keepends=True)
+    earlier = tmp_path / "earlier.jsonl"
+    earlier.write_bytes(b"".join(lines[:600]))
+    cli.replay(earlier)
+    miso.reset()
+    store_file = tmp_path / "adapter.db"
+    before = store_file.read_bytes()
+    out = tmp_path / "preview.jsonl"
+    preview = cli.replay(full.path, "--dry-run", "--output", out)
+    assert store_file.read_bytes() == before
+    shown = Counter(keys(read_jsonl(out)))
+    assert summary_number(preview.stderr, "duplicates") > full.duplicates > 100
+    done = cli.replay(full.path)
+    sent = Counter(keys(miso.records))
+    assert shown == sent
+    assert max(sent.values()) == 1 and 0 < len(sent) < len(set(full.expected))
+    assert summary_number(preview.stderr, "records written") == summary_number(
+        done.stderr, "records accepted"
+    )
+
+
 def test_since_until_filter_by_date(cli, miso, export, tmp_path):
     """--since/--until keep events from the first day through the last, both included."""
     out = tmp_path / "records.jsonl"

@@ -126,6 +126,36 @@ def test_dedup_key_expires(store):
     assert store.purge_expired() == 0
 
 
+def test_seen_names_the_live_dedup_keys_and_writes_nothing(store):
+    """seen() answers which keys an accept would call duplicates; expired ones are not."""
+    store.accept([Incoming("k1", [rec(1)]), Incoming("k2", [rec(2)])], DAY)
+    store.accept([Incoming("short", [rec(3)])], dedup_ttl=0.05)
+    time.sleep(0.1)
+    many = [f"absent-{n}" for n in range(1200)]  # more than one statement's worth
+    assert store.seen(["k1", "short", "k1", *many]) == {"k1"}
+    assert store.seen([]) == set()
+    assert store.stats()["spool"] == 3
+    assert store.accept([Incoming("absent-1", [rec(4)])], DAY) == [False]
+
+
+def test_a_readonly_store_reads_and_never_writes_or_creates(tmp_path):
+    """open_store(readonly=True): a missing file is an error (not a new store); writes fail."""
+    url = f"sqlite:///{tmp_path}/var/adapter.db"
+    with pytest.raises(StoreError, match="no store at"):
+        open_store(url, readonly=True)
+    assert not (tmp_path / "var").exists()
+    writer = open_store(url)
+    writer.accept([Incoming("k1", [rec(1)], links=[Link("a1", "u1")])], DAY)
+    reader = open_store(url, readonly=True)
+    assert reader.seen(["k1", "k2"]) == {"k1"}
+    assert reader.resolve(["a1"], []) == ({"a1": "u1"}, {})
+    with pytest.raises(StoreError):
+        reader.accept([Incoming("k2", [rec(2)])], DAY)
+    reader.close()
+    assert writer.seen(["k2"]) == set() and writer.stats()["spool"] == 1
+    writer.close()
+
+
 def test_claim_respects_count_and_bytes(store):
     """A claim takes the oldest items up to the count and the byte budget."""
     store.accept([Incoming(None, [rec(n) for n in range(10)])], DAY)

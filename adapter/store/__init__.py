@@ -19,7 +19,7 @@ backend (Redis) implements the same interface without touching routes or forward
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -32,6 +32,7 @@ __all__ = [
     "Incoming",
     "Store",
     "StoreError",
+    "anonymous_in",
     "open_store",
 ]
 
@@ -105,6 +106,12 @@ class Store(Protocol):
     ) -> list[Claimed]:
         """Lease up to ``limit`` ready items of ``kind`` totalling at most ``max_bytes``."""
 
+    def seen(self, keys: Sequence[str]) -> set[str]:
+        """Those of ``keys`` that are live dedup keys (an accept would call them duplicates).
+
+        Read-only: a dry run uses it to preview what a replay would send now.
+        """
+
     def resolve(
         self, anonymous_ids: Sequence[str], user_ids: Sequence[str]
     ) -> tuple[dict[str, str], dict[str, str]]:
@@ -167,12 +174,25 @@ class Store(Protocol):
         """Release connections."""
 
 
-def open_store(url: str) -> Store:
-    """Open the store named by an ``ADAPTER_STORE`` URL."""
+def anonymous_in(store: Store) -> Callable[[list[str]], Iterable[str]]:
+    """A look-up of which ids ``store`` links as anonymous ids (to a user)."""
+
+    def known(ids: list[str]) -> Iterable[str]:
+        return store.resolve(ids, [])[0]
+
+    return known
+
+
+def open_store(url: str, *, readonly: bool = False) -> Store:
+    """Open the store named by an ``ADAPTER_STORE`` URL.
+
+    ``readonly``: for reads only, and never created (a SQLite file that does not exist
+    is a StoreError, not a new store); writing through it fails.
+    """
     if url.startswith("sqlite:///"):
         from adapter.store.sqlite import SqliteStore
 
-        return SqliteStore.from_url(url)
+        return SqliteStore.from_url(url, readonly=readonly)
     if url.startswith(("redis://", "rediss://")):
         try:
             from adapter.store.redis import RedisStore

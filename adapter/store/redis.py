@@ -1,4 +1,4 @@
-"""The shared store: the :class:`adapter.store.Store` interface on one Redis (issue 9).
+"""The shared store: the :class:`adapter.store.Store` interface on one Redis (docs/deployment.md).
 
 ``ADAPTER_STORE=redis://[:password@]host:port/db[?prefix=NAME:&timeout=SECONDS]``
 (``rediss://`` for TLS). Every process of every adapter host opens its own connection
@@ -919,6 +919,18 @@ class RedisStore:
         return found
 
     # ------------------------------------------------------------------ identity
+
+    def seen(self, keys: Sequence[str]) -> set[str]:
+        """The live dedup keys among ``keys`` (an expired key is gone); reads only."""
+        unique = sorted(set(keys))
+        if not unique:
+            return set()
+        with self._redis("read dedup keys"):
+            pipe = self._client.pipeline(transaction=False)
+            for key in unique:
+                pipe.exists(self._key(f"dedup:{key}"))
+            replies = pipe.execute()
+        return {key for key, live in zip(unique, replies, strict=True) if live}
 
     def resolve(
         self, anonymous_ids: Sequence[str], user_ids: Sequence[str]

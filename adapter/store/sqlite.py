@@ -122,8 +122,16 @@ class _Accept:
 class SqliteStore:
     """The :class:`adapter.store.Store` interface on one SQLite file."""
 
-    def __init__(self, path: str | Path, *, synchronous: str = "full", busy_timeout: float = 10.0):
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        synchronous: str = "full",
+        busy_timeout: float = 10.0,
+        readonly: bool = False,
+    ):
         self.path = Path(path)
+        self.readonly = readonly
         if synchronous.lower() not in _SYNCHRONOUS:
             raise StoreError(f"synchronous must be one of {', '.join(_SYNCHRONOUS)}")
         self._synchronous = _SYNCHRONOUS[synchronous.lower()]
@@ -140,6 +148,14 @@ class SqliteStore:
         self._lock_path = Path(f"{self.path}.lock")
         self._lock_fd: int | None = None
         self._lock_pid = 0
+        if readonly:
+            if not self.path.is_file():
+                raise StoreError(f"no store at {self.path}")
+            try:
+                self._conn().execute("SELECT 1 FROM dedup LIMIT 1").fetchall()
+            except sqlite3.Error as exc:
+                raise StoreError(f"cannot read the store at {self.path}: {exc}") from None
+            return
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with self._write() as db:
@@ -152,7 +168,7 @@ class SqliteStore:
             raise StoreError(f"cannot open the store at {self.path}: {exc}") from None
 
     @classmethod
-    def from_url(cls, url: str) -> SqliteStore:
+    def from_url(cls, url: str, *, readonly: bool = False) -> SqliteStore:
         """``sqlite:///relative.db``, ``sqlite:////absolute.db``, ``?synchronous=normal``."""
         parts = urlsplit(url)
         path = url[len("sqlite:///") :].split("?", 1)[0]
@@ -162,7 +178,7 @@ class SqliteStore:
         unknown = set(options) - {"synchronous"}
         if unknown:
             raise StoreError(f"unknown ADAPTER_STORE option(s): {', '.join(sorted(unknown))}")
-        return cls(path, synchronous=options.get("synchronous", "full"))
+        return cls(path, synchronous=options.get("synchronous", "full"), readonly=readonly)
 
     def __repr__(self) -> str:
         return f"<SqliteStore {self.path}>"
@@ -180,6 +196,14 @@ class SqliteStore:
     def _conn(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
         if conn is None:
+            if self.readonly:
+                conn = sqlite3.connect(
+                    f"{self.path.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None
+                )
+                conn.execute(f"PRAGMA busy_timeout={self._busy_ms}")
+                self._local.conn = conn
+                self._local.writes = 0
+                return conn
             # isolation_level=None: we issue BEGIN ourselves, so every transaction is explicit.
             conn = sqlite3.connect(self.path, isolation_level=None, timeout=self._busy_ms / 1000)
             conn.execute("PRAGMA journal_mode=WAL")
@@ -428,6 +452,21 @@ class SqliteStore:
         db.execute("DELETE FROM links WHERE user_id = ?", (user_id,))
 
     # ------------------------------------------------------------------ identity
+
+    def seen(self, keys: Sequence[str]) -> set[str]:
+        """The live dedup keys among ``keys``; reads only."""
+        now = time.time()
+        live: set[str] = set()
+        for part in _parts(sorted(set(keys))):
+            marks = ",".join("?" * len(part))
+            live.update(
+                key
+                for (key,) in self._read(
+                    f"SELECT key FROM dedup WHERE key IN ({marks}) AND expires_at > ?",
+                    [*part, now],
+                )
+            )
+        return live
 
     def resolve(
         self, anonymous_ids: Sequence[str], user_ids: Sequence[str]
