@@ -26,8 +26,8 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     from adapter import console, logs, web
     from adapter.config import Config
 
-    # Under gunicorn (or a bare `flask run`) nobody configured logging: JSON lines, as
-    # serve and forward write them (adapter.logs); an application's own setup is kept.
+    # Under gunicorn (or a bare `flask run`) nobody configured logging: the format serve
+    # and forward write (adapter.logs); an application's own setup is kept.
     logs.configure()
     app = Flask(__name__)
     app.config.from_object(Config())

@@ -104,7 +104,7 @@ def _tolerated(description: str, **metadata: Any) -> fields.Raw:
 
 
 class SegmentMessageSchema(Schema):
-    """A Segment message (Spec: common fields); unknown keys are allowed, as Segment adds them."""
+    """A Segment message (its common fields); unknown keys are allowed, as Segment adds them."""
 
     class Meta:
         unknown = INCLUDE

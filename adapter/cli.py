@@ -1,4 +1,4 @@
-"""The ``miso-adapter`` command line (SPEC §3.3).
+"""The ``miso-adapter`` command line (README.md § Commands).
 
 Exit codes: 0 success, 1 the input or data was bad, 2 usage error (argparse's own).
 """
@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import argparse
 import gzip
+import io
 import logging
 import os
 import signal
 import sys
 import threading
 import time
+import zlib
 from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -177,28 +179,59 @@ def _load(source: str, folder: Path) -> Translator | None:
         return None
 
 
-def _open_input(name: str) -> IO[bytes] | None:
+_GZIP_MAGIC = b"\x1f\x8b"
+
+
+def _open_input(name: str) -> tuple[IO[bytes], IO[bytes]] | None:
+    """``(what to read, the file under it)`` for a file or ``-`` (stdin), plain or gzip.
+
+    Gzip is recognised by its first two bytes, never by the name, as every other reader
+    of the adapter does (replay, coverage, the console's import, ``/mixpanel``).
+    """
     if name == "-":
-        return sys.stdin.buffer
-    try:
-        return open(name, "rb")
-    except OSError as exc:
-        print(f"error: cannot read {name}: {exc.strerror}", file=sys.stderr)
-        return None
+        raw: IO[bytes] = sys.stdin.buffer
+    else:
+        try:
+            raw = open(name, "rb")  # noqa: SIM115 - closed by _translate
+        except OSError as exc:
+            print(f"error: cannot read {name}: {exc.strerror}", file=sys.stderr)
+            return None
+    if not hasattr(raw, "peek"):  # a stdin replaced by an in-memory stream
+        raw = io.BufferedReader(raw)  # type: ignore[arg-type]
+    if raw.peek(2)[:2] == _GZIP_MAGIC:  # type: ignore[attr-defined]
+        return gzip.GzipFile(fileobj=raw, mode="rb"), raw
+    return raw, raw
 
 
 def _translate(args: argparse.Namespace) -> int:
     translator = _load(args.source, mappings_dir(args.mappings))
     if translator is None:
         return 1
-    stream = _open_input(args.file)
-    if stream is None:
-        return 1
+    normalizer = None
     if args.source == "mixpanel":
         normalizer = _normalizer(args)
         if normalizer is None:
             return 2
-        return _translate_mixpanel(stream, args.file, translator, normalizer)
+    opened = _open_input(args.file)
+    if opened is None:
+        return 1
+    stream, raw = opened
+    try:
+        if normalizer is not None:
+            return _translate_mixpanel(stream, args.file, translator, normalizer)
+        return _translate_segment(stream, translator)
+    except (gzip.BadGzipFile, EOFError, zlib.error) as exc:  # gzip, but damaged or cut short
+        print(f"error: cannot read {args.file}: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        if stream is not raw:
+            stream.close()  # the gzip reader; it leaves the file under it open
+        if args.file != "-":
+            raw.close()
+
+
+def _translate_segment(stream: IO[bytes], translator: Translator) -> int:
+    """translate for Segment messages: any of the shapes Segment sends; nothing stored."""
     out = sys.stdout.buffer
     err = sys.stderr
     counts: Counter[str] = Counter()
@@ -217,8 +250,6 @@ def _translate(args: argparse.Namespace) -> int:
                 _emit(translator, message, place, counts, out)
     finally:
         out.flush()
-        if stream is not sys.stdin.buffer:
-            stream.close()
     return _summary(counts)
 
 
@@ -228,8 +259,6 @@ def _translate_mixpanel(
     """translate for Mixpanel exports: rows normalised, then mapped; nothing stored."""
     from adapter.mixpanel import iter_rows
 
-    if stream.peek(2)[:2] == b"\x1f\x8b":  # gzip, recognised by content
-        stream = gzip.GzipFile(fileobj=stream)
     out = sys.stdout.buffer
     counts: Counter[str] = Counter()
     label = "stdin" if name == "-" else name
@@ -248,8 +277,6 @@ def _translate_mixpanel(
             _emit(translator, event, where, counts, out)
     finally:
         out.flush()
-        if stream is not sys.stdin.buffer:
-            stream.close()
     return _summary(counts)
 
 
@@ -265,7 +292,10 @@ def _replay_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--dry-run",
         action="store_true",
-        help="write the records instead of storing and sending them (no dedup)",
+        help="write the records a replay would send now, instead of storing and sending "
+        "them: duplicates within the files are dropped, and so are events the configured "
+        "store (ADAPTER_STORE) has already seen, when it exists; the store is only read, "
+        "never written or created",
     )
     parser.add_argument(
         "--output",
@@ -303,19 +333,30 @@ def _replay(args: argparse.Namespace) -> int:
         return 1
     config = Config()
     if args.dry_run:
+        try:
+            seen: Store | None = open_store(config.ADAPTER_STORE, readonly=True)
+        except StoreError as exc:
+            seen = None
+            print(f"note: {exc}: duplicates are dropped within these files only", file=sys.stderr)
         output = args.output.open("wb") if args.output else sys.stdout.buffer
         try:
             summary = replay_files(
                 args.files,
                 translator=translator,
                 normalizer=normalizer,
-                store=None,
+                store=seen,
                 dedup_ttl=0,
+                dry_run=True,
                 output=output,
             )
+        except StoreError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
         finally:
             if args.output:
                 output.close()
+            if seen is not None:
+                seen.close()
         for line in summary.lines(dry_run=True):
             print(line, file=sys.stderr)
         return 1 if summary.malformed else 0
@@ -413,7 +454,7 @@ def _serve_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _logging() -> None:
-    """The service's logs (serve, forward): JSON lines by default (adapter.logs)."""
+    """The service's logs (serve, forward): text on a terminal, else JSON lines (adapter.logs)."""
     from adapter import logs
 
     logs.configure()

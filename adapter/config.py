@@ -1,4 +1,4 @@
-"""Configuration from the environment (SPEC §3.1), as a config class read once per app."""
+"""Configuration from the environment (README.md § Configuration), read once per app."""
 
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ class Config:
         self.ADAPTER_TOKEN = env("ADAPTER_TOKEN") or None
         # Dedup window: Segment retries for 4 h and Mixpanel export chunks overlap by a day.
         self.DEDUP_HOURS = float(env("ADAPTER_DEDUP_HOURS", "168"))
-        # Size limits (SPEC §3.2): Segment's own, so nothing Segment accepts is refused here.
+        # Size limits: Segment's own, so nothing Segment accepts is refused here.
         self.SEGMENT_MAX_BODY = 4 * 1024 * 1024  # Webhooks (Actions) batches: up to 4 MB
         self.TRACKING_MAX_MESSAGE = 32 * 1024  # HTTP Tracking API: 32 KB per call
         self.TRACKING_MAX_BATCH = 500 * 1024  # and 500 KB per /v1/batch request

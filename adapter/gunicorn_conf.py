@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import sys
 
-from adapter import metrics
+from adapter import logs, metrics
 
 #: Seconds a thread may hold the interpreter lock before another may take it (Python's
 #: default: 5 ms). A request thread that committed to SQLite (the lock released for the
@@ -20,10 +20,11 @@ from adapter import metrics
 SWITCH_INTERVAL = 0.001
 
 # Gunicorn's own messages (workers booting, timeouts) in the service's log format too:
-# one JSON object per line unless ADAPTER_LOG_FORMAT=text (see adapter.logs).
+# under serve, the ADAPTER_LOG_FORMAT its supervisor chose; run alone, text on a terminal
+# and JSON lines otherwise (adapter.logs.log_format).
 _FORMATTER = (
-    {"format": "%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s"}
-    if os.environ.get("ADAPTER_LOG_FORMAT", "json").lower() == "text"
+    {"format": logs.TEXT_FORMAT}
+    if logs.log_format(sys.stderr) == "text"
     else {"()": "adapter.logs.JsonFormatter"}
 )
 _LEVEL = os.environ.get("ADAPTER_LOG_LEVEL", "INFO").upper()

@@ -3,7 +3,11 @@
 A mapping file (format in ``mappings/README.md``) says which source events become
 which Miso interaction type and where each Miso field's value comes from. It is
 data: validated once with marshmallow (errors name file, line and key), then
-compiled into closures, so translating an event never looks at YAML again.
+compiled, so translating an event never looks at YAML again. Each value spec becomes a
+resolver (a small Python function); the fields of each rule (its own, then the page-view
+and common ones) become one generated Python function, written as source and ``exec``-ed
+at load, that builds the record's fields in a single call, with plain key reads inlined.
+Item lists, links and deletions stay resolvers.
 
     translator = load_mapping(Path("mappings/segment.yaml"))
     result = translator.translate(message)   # → Translation(records, links, deletions, skipped)
@@ -576,8 +580,8 @@ def _object_builder(
     (``properties``) is walked once per event, each plain key read is inlined, and only
     reads that need more (fallbacks, wildcards, ``$match``) call their resolver. Nested
     objects are left out when empty, so no record ever carries ``{}``. This is the
-    translator's hot path: generated code does in one call what nested closures did
-    in a dozen (see bench/ and docs/performance.md).
+    translator's hot path: generated code does in one call what nested closures would
+    do in a dozen (see bench/ and docs/performance.md).
     """
     return _BuilderSource(setters, at).compile()
 
@@ -634,7 +638,7 @@ class _BuilderSource:
         shared, leaves = _share_prefixes(leaves)
         add = self.lines.append
         add(f"{var} = {{}}")
-        # Key order as the closures had it: shared reads, other leaves, nested objects.
+        # Keys in a fixed order: shared reads, other leaves, nested objects.
         for prefix, reads in shared:
             for key, last, convert in reads:
                 self._read(var, key, (*prefix, last), convert, None)

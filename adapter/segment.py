@@ -128,7 +128,7 @@ def _js_number(number: float) -> str:
 
 
 def signature_ok(secret: str, raw: bytes, body: Any, header: str | None) -> bool:
-    """Does ``X-Signature`` hold the hex HMAC-SHA1 Segment computes? (SPEC §3.2)
+    """Does ``X-Signature`` hold the hex HMAC-SHA1 (keyed by the shared secret) Segment computes?
 
     Accepted: a signature over the raw body (classic webhooks; unbatched Actions; a
     batch if Segment ever signs the whole array), or over ``JSON.stringify`` of the first

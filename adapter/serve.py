@@ -9,7 +9,9 @@ one forwarder per host, and leases make extra ones (``forward`` elsewhere) safe.
 
 Both children share one fresh ``PROMETHEUS_MULTIPROC_DIR`` (a temporary directory unless
 the user named one), so ``/metrics`` in any worker shows the counts of every worker and
-of the forwarder (:mod:`adapter.metrics`).
+of the forwarder (:mod:`adapter.metrics`). They also get ``ADAPTER_LOG_FORMAT`` as the
+supervisor chose it (text on a terminal, JSON otherwise: :func:`adapter.logs.log_format`),
+so the service's log is in one format whatever the children's own streams are.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import time
 
 import gunicorn
 
-from adapter import metrics
+from adapter import logs, metrics
 
 __all__ = ["gunicorn_command", "serve", "spawn"]
 
@@ -127,7 +129,7 @@ class _Child:
 def serve(bind: str, workers: int, threads: int) -> int:
     """Run gunicorn and the forwarder until SIGTERM/SIGINT; returns the exit code."""
     metrics_dir, temporary = metrics.prepare_multiprocess_dir()
-    env = {**os.environ, metrics.ENV: metrics_dir}
+    env = {**os.environ, metrics.ENV: metrics_dir, logs.ENV: logs.log_format(sys.stderr)}
     try:
         return _supervise(bind, workers, threads, env)
     finally:

@@ -17,7 +17,8 @@ serves from a daemon thread until the ``with`` block ends::
                       json={"data": [{"type": "home_page_view", "user_id": "u1"}]})
         assert miso.wait_for(1) == [{"type": "home_page_view", "user_id": "u1"}]
 
-How it mimics Miso (research/miso.md sections 1 and 2 give the sources):
+How it mimics Miso (as Miso's OpenAPI document v1.1.4 and its Interaction Upload API page,
+https://docs.miso.ai/api-reference/interaction-apis/interaction-upload-api, describe it):
 
 * ``POST /v1/interactions`` takes ``{"data": [record, ...]}``, optionally gzip-compressed
   (``Content-Encoding: gzip``).  The key comes from the ``X-API-KEY`` header or, when that header
@@ -85,7 +86,7 @@ __all__ = [
 
 INTERACTIONS_PATH = "/v1/interactions"
 
-#: Miso's exact answer bodies (research/miso.md section 2).
+#: Miso's exact answer bodies, as its OpenAPI document (v1.1.4) gives them.
 SUCCESS_BODY: dict[str, Any] = {"message": "success"}
 INVALID_KEY_BODY: dict[str, Any] = {"message": "invalid api key."}
 BOT_BLOCKED_BODY: dict[str, Any] = {

@@ -42,7 +42,8 @@ __all__ = [
 
 Converter = Callable[[Any], Any]
 
-#: Id values that mean "no id" (SPEC §5; Mixpanel's banned distinct_id list).
+#: Id values that mean "no id", so a record never joins strangers under one placeholder;
+#: after the distinct_id values Mixpanel's /import refuses (mappings/README.md § Conversions).
 PLACEHOLDER_IDS = frozenset(
     {
         "",
@@ -62,7 +63,7 @@ PLACEHOLDER_IDS = frozenset(
 )
 
 # Miso accepts any RFC 3339 date-time, but we always send one exact shape so that
-# records are comparable and sortable as strings (SPEC §2).
+# records are comparable and sortable as strings.
 _CANONICAL_TS = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z\Z")
 _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\Z")
 _IPV4 = re.compile(r"(\d{1,3})\.(\d{1,3})\.(\d{1,3})\.(\d{1,3})\Z")

@@ -159,7 +159,7 @@ class Point:
 
 
 def make_rows(sizes: Sizes) -> dict[str, Row]:
-    """The table's rows with their targets (from the performance issue)."""
+    """The table's rows with their targets (docs/performance.md § Targets)."""
     return {
         "dry-run": Row(
             "dry-run",

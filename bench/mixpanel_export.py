@@ -3,7 +3,7 @@
     python bench/mixpanel_export.py OUT.jsonl [--lines 100000] [--seed N] [--gzip]
                                     [--tz America/Los_Angeles] [--start 2024-01-01]
 
-What the file holds (research/mixpanel.md §1, §1a, §3, §4, §8):
+What the file holds (row shapes as Mixpanel documents its raw export and mixpanel-js):
 
 * mixpanel-js rows with the library's default properties (``$os``, ``$browser``,
   ``$current_url``, ``$screen_*``, ``mp_lib``, ``$lib_version``, ``$insert_id``, geo, the

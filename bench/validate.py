@@ -6,7 +6,7 @@ Builds a deterministic, realistic mix of valid records (product views with conte
 searches, home page views, custom events with custom_context) and prints the median µs/record of:
 
 * floor: ``orjson.loads(orjson.dumps(record))``, the least any check of a record costs;
-* marshmallow: the model alone, as ``records.record_errors`` was before the fast path;
+* marshmallow: the model alone (``records._checked_errors``), the cost the fast path avoids;
 * fast: ``records.record_errors`` as the forwarder calls it.
 """
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import io
 import subprocess
 import sys
@@ -109,6 +110,39 @@ def test_stdin(monkeypatch, capsys):
         monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(orjson.dumps(VIEW))))
         assert cli.main(argv) == 0
         assert orjson.loads(capsys.readouterr().out) == RECORD
+
+
+def test_gzip_file_and_stdin_translate_like_the_plain_file(tmp_path, capsys, monkeypatch):
+    """Gzip (known by its first bytes, whatever the name), from a file or stdin: same output."""
+    plain = (ROOT / "examples" / "segment-events.jsonl").read_bytes()
+    packed = gzip.compress(plain)
+    (tmp_path / "plain.jsonl").write_bytes(plain)
+    (tmp_path / "events.jsonl").write_bytes(packed)  # no .gz: the content tells
+
+    def translate(*argv: str) -> tuple[int, str, str]:
+        code = cli.main(["translate", "segment", *argv])
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+
+    expected = translate(str(tmp_path / "plain.jsonl"))
+    assert expected[0] == 0 and len(expected[1].splitlines()) >= 10
+    assert translate(str(tmp_path / "events.jsonl")) == expected
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(packed)))
+    assert translate("-") == expected
+    piped = subprocess.run(
+        [sys.executable, "-m", "adapter.cli", "translate", "segment", "-"],
+        input=packed, capture_output=True, check=False, cwd=ROOT,
+    )  # fmt: skip
+    assert (piped.returncode, piped.stdout.decode(), piped.stderr.decode()) == expected
+
+
+def test_damaged_gzip_is_a_one_line_error(tmp_path, capsys):
+    """A gzip file cut short ends with a one-line reason and exit 1, not a traceback."""
+    path = tmp_path / "cut.jsonl.gz"
+    path.write_bytes(gzip.compress(orjson.dumps(VIEW) + b"\n" + orjson.dumps(VIEW))[:-12])
+    assert cli.main(["translate", "segment", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: cannot read {path}: ") and err.count("\n") == 1, err
 
 
 def test_empty_input(tmp_path, capsys):

@@ -5,7 +5,13 @@ driven by Playwright's Python client, against `miso-adapter serve` and the fake 
 Playwright never downloads a browser here: it launches ``/usr/bin/chromium``.
 
 Set ``CONSOLE_SCREENSHOTS=docs`` to keep the screenshots (otherwise they go to the
-test's temporary folder).
+test's temporary folder). The pages show where the mapping files are; so that the kept
+pictures show an install location rather than this machine's folders, the service then
+runs from a fresh ``/srv/miso-adapter`` (mappings copied there, its store there too),
+which the test creates and removes: run it as a user who may, on a machine without one::
+
+    CONSOLE_SCREENSHOTS=docs MISO_ADAPTER_REQUIRE_BROWSER=1 \
+        .venv/bin/python -m pytest tests/test_console_browser.py -k right_counts
 """
 
 from __future__ import annotations
@@ -13,6 +19,8 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
@@ -24,6 +32,9 @@ from test_service import MISO_KEY, Service
 from adapter.testing import FakeMiso
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+ROOT = Path(__file__).resolve().parent.parent
+#: Where the service runs from while screenshots are kept for the documentation.
+INSTALL = Path("/srv/miso-adapter")
 TOKEN = "console-token-4f9a"
 BEARER = {"Authorization": f"Bearer {TOKEN}"}
 # Chromium as a CI container can run it: no sandbox (no user namespaces), no GPU, and
@@ -80,8 +91,38 @@ RECEIVED = VIEWS + CARTS + REFUSED + AUTOCAPTURE + UNMAPPED + REPEATS
 STORED = VIEWS + CARTS + REFUSED
 
 
+@pytest.fixture
+def installed() -> Iterator[dict[str, str]]:
+    """The service's settings for mappings and store: with CONSOLE_SCREENSHOTS set, in a
+    fresh INSTALL (removed afterwards), so the screenshots show no path of this machine;
+    otherwise none (this checkout's mappings, the test's temporary folder)."""
+    if not os.environ.get("CONSOLE_SCREENSHOTS"):
+        yield {}
+        return
+    if INSTALL.exists():
+        pytest.fail(f"{INSTALL} exists: the screenshots need a fresh one (move it away)")
+    try:
+        shutil.copytree(ROOT / "mappings", INSTALL / "mappings")
+        (INSTALL / "var").mkdir()
+    except OSError as exc:
+        shutil.rmtree(INSTALL, ignore_errors=True)
+        pytest.fail(f"cannot create {INSTALL} for the screenshots: {exc}")
+    try:
+        yield {
+            "MAPPINGS_DIR": str(INSTALL / "mappings"),
+            "ADAPTER_STORE": f"sqlite:///{INSTALL}/var/adapter.db",
+        }
+    finally:
+        shutil.rmtree(INSTALL, ignore_errors=True)
+
+
 def shot(page, name: str, tmp_path: Path) -> Path:
+    """Save the page as console-NAME.png: in CONSOLE_SCREENSHOTS (docs), else tmp_path."""
     folder = Path(os.environ.get("CONSOLE_SCREENSHOTS") or tmp_path)
+    if os.environ.get("CONSOLE_SCREENSHOTS"):  # pictures for everyone: nothing of this machine
+        text = page.inner_text("body")
+        for local in (str(ROOT), str(tmp_path), tempfile.gettempdir() + "/"):
+            assert local not in text, f"the {name} page shows {local}"
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / f"console-{name}.png"
     page.screenshot(path=str(target), full_page=True)
@@ -92,7 +133,7 @@ def cell(page, selector: str) -> int:
     return int(page.locator(selector).inner_text().replace(",", ""))
 
 
-def test_import_in_the_browser_lands_on_the_right_counts(browser, tmp_path):
+def test_import_in_the_browser_lands_on_the_right_counts(browser, installed, tmp_path):
     """Sign in with the token, upload an export, watch the bar reach 100%, check the
     summary, /metrics and the overview; retry a dead letter from the console."""
     export = export_file(tmp_path / "mixpanel-export.jsonl")
@@ -100,7 +141,7 @@ def test_import_in_the_browser_lands_on_the_right_counts(browser, tmp_path):
         miso.reject_records(lambda r: str(r.get("product_ids", [""])[0]).startswith("REFUSE-"),
                             field="product_ids", message="Unknown product.")  # fmt: skip
         service = Service(tmp_path, miso)
-        service.env.update(ADAPTER_TOKEN=TOKEN)
+        service.env.update(ADAPTER_TOKEN=TOKEN, **installed)
         service.start()
         try:
             context = browser.new_context(viewport={"width": 1280, "height": 900})

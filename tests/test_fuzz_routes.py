@@ -370,7 +370,8 @@ def test_segment_webhook(app, data):
             first = orjson.loads(plain)
         except orjson.JSONDecodeError:
             first = None
-        # Known bug, pinned by test_signature_check_of_a_deep_first_item_is_not_a_500.
+        # Deep first items have their own case:
+        # test_signature_check_of_a_deep_first_item_is_not_a_500.
         assume(not (isinstance(first, list) and first and depth(first[0]) > 400))
     drain(app)
     status, body = answer(client.post("/segment", data=wire, headers=headers))
@@ -550,11 +551,11 @@ def mixpanel_body(draw) -> tuple[bytes, tuple[int, int] | None]:
     if kind == "array":
         rows = [finite(r) for r in draw(st.lists(MP_ROW, max_size=8))]
         text = json.dumps(rows, indent=draw(st.sampled_from([None, 1]))).encode()
-        # Integers beyond 64 bits stop the array reader: a known bug, pinned by
-        # test_mixpanel_array_with_a_big_integer_keeps_every_row.
+        # Integers beyond 64 bits stop the array reader: a known limit, pinned by the strict
+        # xfail test_mixpanel_array_with_a_big_integer_keeps_every_row.
         return text, None if has_big_int(rows) else (len(rows), 0)
     row = finite(draw(RAW_ROW))
-    # Nested properties: deeper than ~250 levels is a known bug, pinned by
+    # Nested properties deeper than ~250 levels have their own case:
     # test_mixpanel_deeply_nested_properties_are_not_a_500.
     nested = st.integers(1, 240).map(
         lambda n: (
@@ -638,11 +639,11 @@ def test_mixpanel_export(app, data):
 
 
 # --------------------------------------------------------------------------- regressions
-# Bugs the fuzzing found, one deterministic case each (they fail until the adapter is fixed).
+# Inputs the fuzzing found that must never answer 500, one deterministic case each.
 
 
 def test_mixpanel_until_at_the_end_of_time_is_a_400():
-    """?until=9999-12-31 (a date: to the end of that day) overflows datetime: 400, not 500."""
+    """?until=9999-12-31 (a date: to the end of that day) overflows datetime: 400, never 500."""
     app = create_app({"TESTING": True, "MISO_API_KEY": "k"})
     row = {"event": "Product Viewed", "properties": {"time": 1718035220, "distinct_id": "u1"}}
     response = app.test_client().post(
@@ -654,7 +655,7 @@ def test_mixpanel_until_at_the_end_of_time_is_a_400():
 
 @pytest.mark.parametrize("array", [False, True], ids=["jsonl", "array"])
 def test_mixpanel_deeply_nested_properties_are_not_a_500(array):
-    """A row whose properties nest 300 levels: orjson.dumps of its dedup key gives up (500)."""
+    """Properties nested 300 levels, past what orjson.dumps of a dedup key takes: never a 500."""
     app = create_app({"TESTING": True, "MISO_API_KEY": "k"})
     row = (
         b'{"event":"Product Viewed","properties":{"time":1718035220,"distinct_id":"u1","x":'
@@ -691,7 +692,7 @@ def test_mixpanel_array_with_a_big_integer_keeps_every_row():
 
 def test_signature_check_of_a_deep_first_item_is_not_a_500():
     """With a shared secret, a bare array whose first item nests 600 levels (orjson reads up
-    to 1024) makes js_stringify recurse past Python's limit: 500 instead of 401."""
+    to 1024, js_stringify's recursion cannot) is refused with 401, never a 500."""
     app = create_app({"TESTING": True, "MISO_API_KEY": "k", "SEGMENT_SHARED_SECRET": SECRET})
     response = app.test_client().post(
         "/segment",

@@ -1,4 +1,4 @@
-"""Reading Mixpanel export files (SPEC §3.3 replay, §7): ``open_export`` and ``iter_rows``.
+"""Reading Mixpanel export files (for ``replay mixpanel``): ``open_export`` and ``iter_rows``.
 
 Exports are JSON Lines (raw export) or a JSON array, plain or gzip; the name of a file says
 nothing reliable about its encoding, so gzip is recognised by content. A bad line is reported
@@ -20,7 +20,8 @@ import pytest
 from adapter.mixpanel import iter_rows, open_export
 from adapter.reader import ReadError
 
-# research/mixpanel.md §8: three raw-export lines with real field names.
+# Three raw-export lines with Mixpanel's real field names (made-up values): an anonymous web
+# page view, a server-side /import-ed order, an Original-merge $identify of a pre-2023 project.
 PAGE_VIEW = {
     "event": "$mp_web_page_view",
     "properties": {

@@ -95,6 +95,72 @@ def test_documented_error_lines_match_the_shipped_table():
     assert lines[category_line - 2].strip() == "category: properties.category"
 
 
+# Names of documents that live outside this repository: the product brief, the notes
+# behind it, the folder both live in, the tracker's issues. Assembled from pieces so that
+# these lines do not name them too. Upper case only for the brief: lower-case "spec" is
+# ordinary English ("Segment's E-commerce spec", "a value spec"). The repository's own
+# documents are cited by heading ("README.md § Identity"): a section sign before a number
+# points outside.
+_BRIEF, _NOTES, _SECTION = "SP" + "EC", "re" + "search", "\N{SECTION SIGN}"
+_OUTSIDE_DOCUMENTS = re.compile(
+    "|".join(
+        [
+            rf"\b{_BRIEF}\b",  # by name, with or without a section or ".md"
+            rf"{_SECTION}\s*\d",  # a numbered section
+            rf"(?i:\b{_NOTES}/)",  # a path into the notes
+            rf"(?i:\b{_NOTES}\s+notes?\b)",
+            rf"(?i:\b{_NOTES}(?:'s)?\s*{_SECTION})",
+            rf"(?i:\bthe\s+{_NOTES}\b)",
+            r"\.\./" + r"shared\b",  # the folder beside the repository
+            r"(?i:\bissues?\s*#?\d+)",  # a numbered issue, with or without "#"
+        ]
+    )
+)
+
+
+def _shipped_files() -> list[Path]:
+    """Every file git tracks; without git (an unpacked archive), every file under ROOT."""
+    try:
+        listed = subprocess.run(
+            ["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True
+        ).stdout
+    except (OSError, subprocess.CalledProcessError):
+        generated = {".git", ".venv", ".hypothesis", "__pycache__", "var", "build", "dist"}
+        return sorted(
+            path
+            for path in ROOT.rglob("*")
+            if path.is_file()
+            and not any(
+                part in generated or part.endswith((".egg-info", "_cache"))
+                for part in path.relative_to(ROOT).parts
+            )
+        )
+    return sorted(ROOT / name for name in listed.decode().split("\0") if name)
+
+
+def test_shipped_files_cite_no_document_outside_the_repository():
+    """No shipped file points its reader at a document they do not have (the product brief,
+    the notes behind it, tracker issues): a rule is written where it is used or in the
+    repository's own docs, and references point at files that ship with it."""
+    offenders = []
+    for path in _shipped_files():
+        if not path.is_file():  # tracked, but deleted in this working tree
+            continue
+        data = path.read_bytes()
+        if b"\0" in data:  # binary: images
+            continue
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            continue
+        for number, line in enumerate(text.splitlines(), 1):
+            cited = [m.group(0) for m in _OUTSIDE_DOCUMENTS.finditer(line)]
+            if cited:
+                where = f"{path.relative_to(ROOT)}:{number}"
+                offenders.append(f"{where}: {', '.join(map(repr, cited))} in {line.strip()[:100]}")
+    assert not offenders, "documents outside the repository are cited:\n" + "\n".join(offenders)
+
+
 class TestAppFactory:
     def test_fresh_app_with_test_config(self, tmp_path):
         """create_app takes a test config and compiles the tables it points at."""

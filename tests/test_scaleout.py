@@ -1,4 +1,4 @@
-"""End to end: several adapter hosts sharing one Redis store act as one (issue 9).
+"""End to end: several adapter hosts sharing one Redis store act as one (docs/deployment.md).
 
 Each "host" is a real `miso-adapter serve` (gunicorn workers + forwarder) or `replay`
 process; they share nothing but ``ADAPTER_STORE=redis://...`` (a key prefix of their

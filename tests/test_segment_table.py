@@ -1,10 +1,10 @@
-"""The shipped Segment table (SPEC §4.2), row by row and alias by alias.
+"""The shipped Segment table, row by row and alias by alias.
 
 Every case feeds a message shaped like what Segment really delivers to a webhook
 (analytics.js in a browser, or a server library) and compares the WHOLE Miso record.
-Every expected value is derived from the SPEC — §2 (record rules), §4.1 (common
-fields), §4.2 (the table), §5 (ids and links) — never copied from the code's output.
-Where the SPEC is silent, the comments in ``mappings/segment.yaml`` decide.
+Every expected value is worked out by hand from the documented rules — ``mappings/README.md``
+(conversions, item lists, the default Segment table), README.md § Identity, and the rules and
+comments of ``mappings/segment.yaml`` — never copied from the code's output.
 """
 
 from __future__ import annotations
@@ -125,8 +125,8 @@ def _apply(base: dict, changes: dict) -> dict:
 
 # --------------------------------------------------------------------------- expected records
 
-# §4.1: context.page ← context.page.{url,referrer,title}; campaign ← context.campaign.*;
-# locale; user_agent ← userAgent; truncated_ip = IPv4 with the last octet zeroed (§2).
+# The table's common fields: context.page ← context.page.{url,referrer,title}; campaign ←
+# context.campaign.*; locale; user_agent ← userAgent; truncated_ip = IPv4, last octet zeroed.
 EXPECTED_CONTEXT = {
     "page": {"url": PAGE_URL, "referrer": REFERRER, "title": PAGE_TITLE},
     "campaign": {
@@ -176,7 +176,7 @@ PID2 = "505bd76785ebb509fc183733"
 
 
 def product(**changes: Any) -> dict:
-    """A Segment E-commerce v2 product object (the spec's own example product)."""
+    """A Segment E-commerce v2 product object (the example product of Segment's spec)."""
     item = {
         "product_id": PID,
         "sku": "G-32",
@@ -300,7 +300,7 @@ def row(event: str, properties: dict, miso_type: str, fields: dict, case_id: str
     return pytest.param(event, properties, miso_type, fields, id=case_id)
 
 
-# One case per (row of SPEC §4.2, event-name alias), plus the field variants the row names.
+# One case per (rule of segment.yaml, event-name alias), plus the field variants it reads.
 TABLE = [
     # --- search: keywords ← query (string; object serialised); filters ← filters[] {type, value}
     row(
@@ -504,7 +504,7 @@ TABLE = [
         {"product_ids": [PID, PID2]},
         "cart-shared",
     ),
-    # --- rate: product_ids, rating ← number(rating); the spec sends rating as a string
+    # --- rate: product_ids, rating ← number(rating); Segment's spec sends rating as a string
     row(
         "Product Reviewed",
         {
@@ -570,7 +570,7 @@ TABLE = [
 
 @pytest.mark.parametrize(("event", "properties", "miso_type", "fields"), TABLE)
 def test_table_row(segment_translator, event, properties, miso_type, fields):
-    """Each §4.2 event alias from analytics.js becomes the whole expected Miso record."""
+    """Each event alias of the table, from analytics.js, becomes the whole expected Miso record."""
     result = segment_translator.translate(message(event=event, properties=properties))
     assert result.records == [expected(miso_type, **fields)]
     assert set(result.links) == BOTH_IDS_LINK
@@ -618,7 +618,7 @@ def test_order_with_empty_products_has_no_product_fields(segment_translator):
 
 
 def test_order_refunded_with_only_order_id(segment_translator):
-    """Order Refunded with only order_id (the spec table's one field) is a refund without ids."""
+    """Order Refunded with only order_id (no products named) is a refund without ids."""
     msg = message(event="Order Refunded", properties={"order_id": "50314b8e9bcf000000000000"})
     assert translate_one(segment_translator, msg) == expected("refund")
 
@@ -943,7 +943,7 @@ def test_timestamp_is_utc_with_milliseconds(segment_translator, overrides, wante
     ],
 )
 def test_context_fields(segment_translator, context_changes, wanted_context):
-    """context.page/campaign/locale/user_agent/truncated_ip follow SPEC §2 and §4.1."""
+    """context.page/campaign/locale/user_agent/truncated_ip follow the common fields' rules."""
     msg = message(
         event="Product Viewed", properties=product(), context=browser_context(**context_changes)
     )

@@ -1,7 +1,7 @@
 """The HTTP routes, through Flask's test client: shapes, auth, limits, status codes.
 
 End-to-end behaviour over real HTTP (gunicorn, the fake Miso, Segment's own client)
-is in test_service.py; here each rule of SPEC §3.2 is pinned down quickly.
+is in test_service.py; here each rule of README.md § Routes is pinned down quickly.
 """
 
 from __future__ import annotations
