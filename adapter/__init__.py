@@ -23,7 +23,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     # Imported here so the CLI's translate path never pays for Flask's import.
     from flask import Flask
 
-    from adapter import console, logs, web
+    from adapter import activity, api, console, logs, reload, store, web
     from adapter.config import Config
 
     # Under gunicorn (or a bare `flask run`) nobody configured logging: the format serve
@@ -33,6 +33,10 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.config.from_object(Config())
     if test_config is not None:
         app.config.update(test_config)
+    store.init_app(app)
+    activity.init_app(app)
+    reload.init_app(app)
+    api.init_app(app)
     web.init_app(app)
     console.init_app(app)
     return app

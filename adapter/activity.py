@@ -45,12 +45,15 @@ import orjson
 
 from adapter.metrics import reason_kind
 from adapter.store import StoreError
+from adapter.store import current as store_current
 
 if TYPE_CHECKING:
+    from flask import Flask
+
     from adapter.ingest import IngestResult
     from adapter.store import Store
 
-__all__ = ["FLUSH_SECONDS", "MAX_UNCOVERED", "Activity", "overview"]
+__all__ = ["FLUSH_SECONDS", "MAX_UNCOVERED", "Activity", "current", "init_app", "overview"]
 
 log = logging.getLogger("adapter.activity")
 
@@ -178,6 +181,22 @@ class Activity:
         """No background thread: the owner calls :meth:`flush_if_due` (returns self)."""
         self._thread_pid = -1
         return self
+
+
+_EXTENSION = "miso-adapter.activity"
+
+
+def init_app(app: Flask) -> None:
+    """The app's tallies, into its store; the flushing thread starts with the first event a
+    worker sees (after gunicorn forks), not here."""
+    app.extensions[_EXTENSION] = Activity(store_current(app))
+
+
+def current(app: Flask | None = None) -> Activity:
+    """The tallies of ``app`` (default: the app handling this request)."""
+    if app is None:
+        from flask import current_app as app
+    return app.extensions[_EXTENSION]
 
 
 def _flush_loop(ref: weakref.ref[Activity], interval: float) -> None:

@@ -9,12 +9,15 @@ name the fields the adapter reads and let everything else through, as the routes
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from zoneinfo import available_timezones
 
 from apispec import APISpec
 from apispec.ext.marshmallow import MarshmallowPlugin
 from marshmallow import INCLUDE, Schema, fields
+
+if TYPE_CHECKING:
+    from flask import Flask
 
 __all__ = [
     "ErrorSchema",
@@ -23,6 +26,8 @@ __all__ = [
     "MixpanelIngestSchema",
     "ReadySchema",
     "SuccessSchema",
+    "document",
+    "init_app",
     "openapi",
 ]
 
@@ -289,3 +294,18 @@ if __name__ == "__main__":  # pragma: no cover - `python -m adapter.api > docs/o
 
     json.dump(openapi(), sys.stdout, indent=2, sort_keys=True)
     sys.stdout.write("\n")
+
+
+_EXTENSION = "miso-adapter.openapi"
+
+
+def init_app(app: Flask) -> None:
+    """Generate the app's OpenAPI document once; :func:`document` returns it."""
+    app.extensions[_EXTENSION] = openapi()
+
+
+def document(app: Flask | None = None) -> dict[str, Any]:
+    """The OpenAPI document of ``app`` (default: the app handling this request)."""
+    if app is None:
+        from flask import current_app as app
+    return app.extensions[_EXTENSION]

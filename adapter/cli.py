@@ -6,29 +6,24 @@ Exit codes: 0 success, 1 the input or data was bad, 2 usage error (argparse's ow
 from __future__ import annotations
 
 import argparse
-import gzip
-import io
 import logging
 import os
 import signal
 import sys
 import threading
 import time
-import zlib
 from collections import Counter
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, TYPE_CHECKING
+from typing import IO, TYPE_CHECKING, Any
 from zoneinfo import ZoneInfoNotFoundError
 
 import orjson
 
-from adapter import segment
-from adapter.config import Config, forwarder_settings, mappings_dir
+from adapter.config import Config, mappings_dir
 from adapter.mapping import MappingError, Translator, load_mapping
-from adapter.mixpanel import Normalizer
-from adapter.reader import ReadError, read_json_values
+from adapter.sources import REGISTRY, Source, Window, make_source, source_class, translator_for
 from adapter.store import Store, StoreError, open_store
 
 if TYPE_CHECKING:
@@ -36,7 +31,8 @@ if TYPE_CHECKING:
 
 __all__ = ["main"]
 
-SOURCES = ("segment", "mixpanel")
+#: Sources translated by a mapping table (what `mappings coverage` reports on).
+MAPPED = tuple(name for name in REGISTRY if source_class(name).table is not None)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -70,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _translate_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("source", choices=SOURCES, help="where the events come from")
+    parser.add_argument("source", choices=list(REGISTRY), help="where the events come from")
     parser.add_argument("file", nargs="?", default="-", help="input file, or - for stdin")
     parser.add_argument("--mappings", metavar="DIR", help="mapping folder (default: MAPPINGS_DIR)")
     _time_args(parser)
@@ -92,33 +88,20 @@ def _time_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _normalizer(args: argparse.Namespace) -> Normalizer | None:
-    """The Mixpanel normaliser for these options, or None after printing a usage error."""
+def _source(args: argparse.Namespace) -> Source | None:
+    """The source named on the command line with its options, or None after a usage error."""
+    time_options = {"time_offset": args.time_offset, "timezone": args.project_timezone}
+    if args.source != "mixpanel" and any(v is not None for v in time_options.values()):
+        print("error: --time-offset and --project-timezone are for Mixpanel exports",
+              file=sys.stderr)  # fmt: skip
+        return None
     try:
-        return Normalizer(
-            time_offset=args.time_offset,
-            timezone=args.project_timezone,
-            since=_instant(getattr(args, "since", None), end_of_day=False),
-            until=_instant(getattr(args, "until", None), end_of_day=True),
-        )
+        window = Window.parse(getattr(args, "since", None), getattr(args, "until", None))
+        options = time_options if args.source == "mixpanel" else {}
+        return make_source(args.source, window=window, **options)
     except (ValueError, OverflowError, ZoneInfoNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return None
-
-
-def _instant(text: str | None, *, end_of_day: bool) -> datetime | None:
-    """--since/--until: a date (whole days, --until inclusive) or an ISO time (UTC if naive)."""
-    if text is None:
-        return None
-    try:
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        raise ValueError(f"not a date or ISO time: {text!r} (e.g. 2024-03-31)") from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    if end_of_day and len(text) == 10:  # a bare date: the whole day is included
-        moment += timedelta(days=1)
-    return moment
 
 
 def _mappings_args(parser: argparse.ArgumentParser) -> None:
@@ -128,7 +111,7 @@ def _mappings_args(parser: argparse.ArgumentParser) -> None:
         help="check: validate every *.yaml; test: run DIR/tests/*.yaml; "
         "coverage SOURCE FILE: which events of a file the table maps",
     )
-    parser.add_argument("source", nargs="?", choices=SOURCES, help="coverage: segment|mixpanel")
+    parser.add_argument("source", nargs="?", choices=MAPPED, help="coverage: segment|mixpanel")
     parser.add_argument("file", nargs="?", type=Path, help="coverage: the events file")
     parser.add_argument("--dir", metavar="DIR", help="mapping folder (default: MAPPINGS_DIR)")
     parser.add_argument("--format", choices=["text", "json"], default="text",
@@ -179,115 +162,74 @@ def _load(source: str, folder: Path) -> Translator | None:
         return None
 
 
-_GZIP_MAGIC = b"\x1f\x8b"
-
-
-def _open_input(name: str) -> tuple[IO[bytes], IO[bytes]] | None:
-    """``(what to read, the file under it)`` for a file or ``-`` (stdin), plain or gzip.
-
-    Gzip is recognised by its first two bytes, never by the name, as every other reader
-    of the adapter does (replay, coverage, the console's import, ``/mixpanel``).
-    """
-    if name == "-":
-        raw: IO[bytes] = sys.stdin.buffer
-    else:
-        try:
-            raw = open(name, "rb")  # noqa: SIM115 - closed by _translate
-        except OSError as exc:
-            print(f"error: cannot read {name}: {exc.strerror}", file=sys.stderr)
-            return None
-    if not hasattr(raw, "peek"):  # a stdin replaced by an in-memory stream
-        raw = io.BufferedReader(raw)  # type: ignore[arg-type]
-    if raw.peek(2)[:2] == _GZIP_MAGIC:  # type: ignore[attr-defined]
-        return gzip.GzipFile(fileobj=raw, mode="rb"), raw
-    return raw, raw
+def _translator(source: Source, folder: Path) -> Any:
+    """The source's translator (its mapping table from ``folder``), or None after an error."""
+    return translator_for(source, lambda table: _load(table, folder))
 
 
 def _translate(args: argparse.Namespace) -> int:
-    translator = _load(args.source, mappings_dir(args.mappings))
+    """Print the records of an input's events; skipped and bad inputs, located, on stderr."""
+    from adapter.sources.inputs import UNREADABLE, open_path
+    from adapter.sources.jsonvalues import ReadError, read_values
+
+    source = _source(args)
+    if source is None:
+        return 2
+    translator = _translator(source, mappings_dir(args.mappings))
     if translator is None:
         return 1
-    normalizer = None
-    if args.source == "mixpanel":
-        normalizer = _normalizer(args)
-        if normalizer is None:
-            return 2
-    opened = _open_input(args.file)
-    if opened is None:
-        return 1
-    stream, raw = opened
+    out = sys.stdout.buffer
+    counts: Counter[str] = Counter()
     try:
-        if normalizer is not None:
-            return _translate_mixpanel(stream, args.file, translator, normalizer)
-        return _translate_segment(stream, translator)
-    except (gzip.BadGzipFile, EOFError, zlib.error) as exc:  # gzip, but damaged or cut short
+        opened = open_path(args.file)
+    except OSError as exc:
+        print(f"error: cannot read {args.file}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    except UNREADABLE as exc:  # gzip, but damaged or cut short
         print(f"error: cannot read {args.file}: {exc}", file=sys.stderr)
         return 1
-    finally:
-        if stream is not raw:
-            stream.close()  # the gzip reader; it leaves the file under it open
-        if args.file != "-":
-            raw.close()
-
-
-def _translate_segment(stream: IO[bytes], translator: Translator) -> int:
-    """translate for Segment messages: any of the shapes Segment sends; nothing stored."""
-    out = sys.stdout.buffer
-    err = sys.stderr
-    counts: Counter[str] = Counter()
+    name = "" if opened.name == "stdin" else opened.name
     try:
-        for where, value in read_json_values(stream):
-            if isinstance(value, ReadError):
-                counts["errors"] += 1
-                print(f"{where}: error: {value.message}", file=err)
-                continue
-            for place, message, problem in segment.iter_messages(where, value):
-                counts["inputs"] += 1
-                if message is None:
+        with opened:
+            for where, value in read_values(opened.stream, name):
+                if isinstance(value, ReadError):
                     counts["errors"] += 1
-                    print(f"{place}: error: {problem}", file=err)
+                    print(f"{where}: error: {value.message}", file=sys.stderr)
                     continue
-                _emit(translator, message, place, counts, out)
-    finally:
-        out.flush()
-    return _summary(counts)
-
-
-def _translate_mixpanel(
-    stream: IO[bytes], name: str, translator: Translator, normalizer: Normalizer
-) -> int:
-    """translate for Mixpanel exports: rows normalised, then mapped; nothing stored."""
-    from adapter.mixpanel import iter_rows
-
-    out = sys.stdout.buffer
-    counts: Counter[str] = Counter()
-    label = "stdin" if name == "-" else name
-    try:
-        for where, row in iter_rows(stream, label):
-            counts["inputs"] += 1
-            if isinstance(row, ReadError):
-                counts["errors"] += 1
-                print(f"{where}: error: {row.message}", file=sys.stderr)
-                continue
-            _, event = normalizer(row)
-            if isinstance(event, str):
-                counts["skipped"] += 1
-                print(f"{where}: skipped: {event}", file=sys.stderr)
-                continue
-            _emit(translator, event, where, counts, out)
+                items = list(source.items(where, value))
+                source.end_chunk()
+                for item in items:
+                    counts["inputs"] += 1
+                    if isinstance(item.event, ReadError):
+                        counts["errors"] += 1
+                        print(f"{item.where}: error: {item.event.message}", file=sys.stderr)
+                    elif isinstance(item.event, str):
+                        counts["skipped"] += 1
+                        print(f"{item.where}: skipped: {item.event}", file=sys.stderr)
+                    else:
+                        _emit(translator, item.event, item.where, counts, out)
+    except UNREADABLE as exc:  # gzip, but damaged or cut short
+        print(f"error: cannot read {args.file}: {exc}", file=sys.stderr)
+        return 1
     finally:
         out.flush()
     return _summary(counts)
 
 
 def _replay_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("source", choices=["mixpanel"], help="the export's origin")
+    parser.add_argument(
+        "source",
+        choices=list(REGISTRY),
+        help="what the files hold: "
+        + "; ".join(f"{name}: {source_class(name).describes}" for name in REGISTRY),
+    )
     parser.add_argument(
         "files",
         nargs="+",
         type=Path,
-        metavar="FILE",
-        help="export files: JSON Lines or JSON arrays, plain or gzip",
+        metavar="PATH",
+        help="files (JSON Lines, a JSON array or one document; plain or gzip, recognised by "
+        "content) or directories, read recursively in name order",
     )
     parser.add_argument(
         "--dry-run",
@@ -315,20 +257,20 @@ def _replay_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _replay(args: argparse.Namespace) -> int:
-    from adapter.replay import ForwarderProcess, replay_files
+    from adapter.replay import forwarder_child, replay
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    missing = [str(p) for p in args.files if not p.is_file()]
+    missing = [str(p) for p in args.files if not p.exists()]
     if missing:
-        print(f"error: no such file: {', '.join(missing)}", file=sys.stderr)
+        print(f"error: no such file or directory: {', '.join(missing)}", file=sys.stderr)
         return 1
     if args.output is not None and not args.dry_run:
         print("error: --output goes with --dry-run", file=sys.stderr)
         return 2
-    normalizer = _normalizer(args)
-    if normalizer is None:
+    source = _source(args)
+    if source is None:
         return 2
-    translator = _load("mixpanel", mappings_dir(args.mappings))
+    translator = _translator(source, mappings_dir(args.mappings))
     if translator is None:
         return 1
     config = Config()
@@ -340,15 +282,8 @@ def _replay(args: argparse.Namespace) -> int:
             print(f"note: {exc}: duplicates are dropped within these files only", file=sys.stderr)
         output = args.output.open("wb") if args.output else sys.stdout.buffer
         try:
-            summary = replay_files(
-                args.files,
-                translator=translator,
-                normalizer=normalizer,
-                store=seen,
-                dedup_ttl=0,
-                dry_run=True,
-                output=output,
-            )
+            summary = replay(source, args.files, translator=translator, store=seen, dedup_ttl=0,
+                             dry_run=True, output=output)  # fmt: skip
         except StoreError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
@@ -368,19 +303,18 @@ def _replay(args: argparse.Namespace) -> int:
         return 1
     try:
         store = open_store(config.ADAPTER_STORE)
+        summary = replay(
+            source,
+            args.files,
+            translator=translator,
+            store=store,
+            dedup_ttl=config.DEDUP_HOURS * 3600,
+            resume=args.resume,
+            forwarder=forwarder_child(),  # its own process: sending gets the other core
+        )
     except StoreError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    summary = replay_files(
-        args.files,
-        translator=translator,
-        normalizer=normalizer,
-        store=store,
-        dedup_ttl=config.DEDUP_HOURS * 3600,
-        resume=args.resume,
-        # Its own process: sending then runs beside reading, on the other core.
-        forwarder=ForwarderProcess(env={**os.environ, "ADAPTER_LOG_LEVEL": "WARNING"}),
-    )
     for line in summary.lines(dry_run=False):
         print(line, file=sys.stderr)
     return 1 if summary.malformed or (summary.end_stats or {}).get("spool") else 0
@@ -498,7 +432,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _forward(args: argparse.Namespace) -> int:
-    from adapter.forwarder import Forwarder
+    from adapter.forwarder import Forwarder, settings_from_env
     from adapter.miso import MisoClient
 
     _logging()
@@ -506,7 +440,7 @@ def _forward(args: argparse.Namespace) -> int:
     if config is None:
         return 1
     store = open_store(config.ADAPTER_STORE)
-    settings = forwarder_settings()
+    settings = settings_from_env()
     # A send must end before its lease does, or another forwarder could send it again.
     timeout = (min(5.0, settings.lease / 3), min(20.0, settings.lease * 2 / 3))
     client = None
@@ -527,7 +461,7 @@ def _forward(args: argparse.Namespace) -> int:
 
 def _drain(forwarder: Forwarder, store: Store, stop: threading.Event) -> int:
     """``forward --until-empty``: send what is ready, say what is left, exit 1 if anything is."""
-    from adapter.forwarder import MISO_STATUS
+    from adapter.forwarder import refusal
 
     if forwarder.client is None:
         print("error: MISO_API_KEY is not set: nothing can be sent", file=sys.stderr)
@@ -536,7 +470,7 @@ def _drain(forwarder: Forwarder, store: Store, stop: threading.Event) -> int:
     try:
         taken = forwarder.drain(stop)
         stats = store.stats()
-        status = store.get_status(MISO_STATUS)
+        refused = refusal(store)
     except StoreError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -546,8 +480,8 @@ def _drain(forwarder: Forwarder, store: Store, stop: threading.Event) -> int:
           file=sys.stderr)  # fmt: skip
     if stats["spool"] == 0:
         return 0
-    if status is not None and not status.get("ready", True):
-        print(f"error: not sent: {status['reason']}", file=sys.stderr)
+    if refused is not None:
+        print(f"error: not sent: {refused['reason']}", file=sys.stderr)
     else:
         print("error: records wait for a retry (Miso was unavailable); run it again later, "
               "or keep `miso-adapter forward` running", file=sys.stderr)  # fmt: skip
@@ -661,7 +595,7 @@ _COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Calla
     ),
     "forward": ("run the forwarder alone [--until-empty]", _forward_args, _forward),
     "replay": (
-        "replay Mixpanel export files into Miso: replay mixpanel FILE... [options]",
+        "replay files into Miso: replay segment|mixpanel|miso PATH... [options]",
         _replay_args,
         _replay,
     ),

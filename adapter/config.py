@@ -5,10 +5,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from adapter.forwarder import ForwarderSettings
 from adapter.mapping import default_mappings_dir
 
-__all__ = ["Config", "forwarder_settings", "mappings_dir"]
+__all__ = ["Config", "mappings_dir"]
 
 
 def mappings_dir(override: str | os.PathLike[str] | None = None) -> Path:
@@ -45,16 +44,3 @@ class Config:
         self.TRACKING_MAX_BATCH = 500 * 1024  # and 500 KB per /v1/batch request
         # /mixpanel streams, so the limit bounds work, not memory.
         self.MIXPANEL_MAX_BODY = int(float(env("ADAPTER_MIXPANEL_MAX_MB", "2048")) * 1024 * 1024)
-
-
-def forwarder_settings() -> ForwarderSettings:
-    """Forwarder tunables; the defaults suit production, tests shorten the waits."""
-    env = os.environ.get
-    defaults = ForwarderSettings()
-    return ForwarderSettings(
-        backoff_base=float(env("ADAPTER_BACKOFF_BASE", defaults.backoff_base)),
-        backoff_cap=float(env("ADAPTER_BACKOFF_CAP", defaults.backoff_cap)),
-        max_retry_age=float(env("ADAPTER_RETRY_HOURS", defaults.max_retry_age / 3600)) * 3600,
-        pause_interval=float(env("ADAPTER_PAUSE_SECONDS", defaults.pause_interval)),
-        lease=float(env("ADAPTER_LEASE_SECONDS", defaults.lease)),
-    )

@@ -30,10 +30,13 @@ import orjson
 from flask import Blueprint, Flask, Response, current_app, jsonify, render_template, request
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 
-from adapter import activity, web
+from adapter import activity, reload, web
 from adapter.forwarder import MISO_STATUS
+from adapter.http import ApiError, http_error, token_required
+from adapter.sources import REGISTRY
 from adapter.store import StoreError
-from adapter.web import ApiError
+from adapter.store import current as _store
+from adapter.uploads import upload
 
 __all__ = ["COOKIE", "SESSION_SECONDS", "init_app", "overview_data"]
 
@@ -94,7 +97,7 @@ def _bearer() -> bool:
     """True when the request carries the right bearer token; 401 when a wrong one."""
     if not request.headers.get("Authorization"):
         return False
-    web.token_required(always=True)
+    token_required(always=True)
     return True
 
 
@@ -103,7 +106,7 @@ def _authorize(*, write: bool = False, page: bool = False) -> dict[str, Any] | N
     if not current_app.config["ADAPTER_TOKEN"]:
         if page:
             raise _SignIn("The console is off: set ADAPTER_TOKEN and restart to use it.", 403)
-        web.token_required(always=True)  # raises: the console is never open
+        token_required(always=True)  # raises: the console is never open
     if _bearer():
         return None
     session = _session()
@@ -165,7 +168,7 @@ def _page_error(exc: ApiError) -> Response:
     """A page that fails (the store is down) says so as a page; the JSON routes, and a
     script's wrong bearer token on a page, keep the service's one JSON error shape."""
     if request.endpoint not in _PAGES or (exc.code or 500) < 500:
-        return web.http_error(exc)
+        return http_error(exc)
     body = render_template("console/error.html", message=exc.description, status=exc.code,
                            csrf=(_session() or {}).get("csrf", ""))  # fmt: skip
     return Response(body, status=exc.code, mimetype="text/html")
@@ -226,10 +229,6 @@ def logout():
 # --------------------------------------------------------------------------- data
 
 
-def _store() -> Any:
-    return current_app.extensions["miso-adapter.store"]
-
-
 def _when(epoch: float | None) -> str:
     if not epoch:
         return ""
@@ -238,8 +237,8 @@ def _when(epoch: float | None) -> str:
 
 def _mappings() -> list[dict[str, Any]]:
     """The live tables of this worker: file, rules, last change, rejected edits."""
-    translators = current_app.extensions["miso-adapter.translators"]
-    rejected = current_app.extensions["miso-adapter.mapping-rejections"]
+    translators = reload.tables()
+    rejected = reload.rejections()
     folder = Path(current_app.config["MAPPINGS_DIR"])
     out = []
     for name in sorted(set(translators) | set(rejected)):
@@ -395,12 +394,9 @@ def import_upload():
     _authorize(write=True)
     source = request.args.get("source", "mixpanel")
     progress = _progress_name(request.args.get("id")) if "id" in request.args else None
-    if source == "mixpanel":
-        counts = web.mixpanel_upload(sniff_gzip=True, progress=progress)
-    elif source == "segment":
-        counts = web.segment_upload(sniff_gzip=True, progress=progress)
-    else:
-        raise ApiError(400, f"unknown source {source!r}: use mixpanel or segment")
+    if source not in REGISTRY:
+        raise ApiError(400, f"unknown source {source!r}: use {', '.join(REGISTRY)}")
+    counts = upload(source, progress=progress)
     log.info(
         "console import of a %s file: %d events, %d records stored",
         source,

@@ -16,22 +16,21 @@ table loads and the key becomes ``mapped`` to ``custom``; change ``type`` (or wr
 
 from __future__ import annotations
 
-import gzip
 import re
-import sys
 from collections import Counter
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, NamedTuple
+from typing import Any, NamedTuple
 
 import yaml
 
-from adapter import segment, values
+from adapter import values
 from adapter.mapping import Explanation, Translator, normalize_name
-from adapter.mixpanel import Normalizer, iter_rows, open_export
-from adapter.reader import ReadError, read_json_values
+from adapter.sources import Source, make_source
+from adapter.sources.inputs import open_path
+from adapter.sources.jsonvalues import ReadError, read_values
+from adapter.sources.segment import NOT_SEGMENT
 
 __all__ = [
     "NO_NAME",
@@ -54,7 +53,6 @@ NO_NAME = "(no event name)"  # key of a Mixpanel row dropped before mapping for 
 OTHER_KEYS = "(other keys)"  # where keys beyond ``max_keys`` distinct ones are counted
 MALFORMED_EXAMPLES = 20  # malformed rows kept, with their location, for the report
 
-_GZIP_MAGIC = b"\x1f\x8b"
 _PAGE_PREFIX = "page "
 _EVENT_HINT = "# or a Miso type: product_detail_page_view, add_to_cart, ...; or `skip: <reason>`"
 _PAGE_HINT = "# or home_page_view, category_page_view, promo_page_view, ...; or `skip: <reason>`"
@@ -146,11 +144,10 @@ class _Counts:
 
 
 def coverage(
-    source: str,
+    source: str | Source,
     path: Path,
     translator: Translator,
     *,
-    normalizer: Normalizer | None = None,
     max_keys: int = 10_000,
 ) -> CoverageReport:
     """Stream ``path`` (``-``: stdin; plain or gzip) and count how ``translator`` treats
@@ -158,57 +155,41 @@ def coverage(
 
     ``source`` is ``segment`` (one message, a JSON array, a ``{"batch": [...]}``, or JSON
     Lines of those) or ``mixpanel`` (a raw export or Data Pipelines file, each row
-    normalised by ``normalizer``, default :class:`~adapter.mixpanel.Normalizer()`; a row
-    it drops, e.g. without a valid time, counts as skipped with its reason). At most
-    ``max_keys`` distinct (key, outcome, detail) rows are kept: further ones are counted
-    under ``(other keys)``, so memory stays bounded on hostile input.
+    normalised as a replay does; a row it drops, e.g. without a valid time, counts as
+    skipped with its reason), or a source built with its options. At most ``max_keys``
+    distinct (key, outcome, detail) rows are kept: further ones are counted under
+    ``(other keys)``, so memory stays bounded on hostile input.
     """
-    if source not in SOURCES:
-        raise ValueError(f"unknown source {source!r}; expected one of: {', '.join(SOURCES)}")
+    if isinstance(source, str):
+        if source not in SOURCES:
+            raise ValueError(f"unknown source {source!r}; expected one of: {', '.join(SOURCES)}")
+        source = make_source(source)
     path = Path(path)
     counts = _Counts(max_keys)
-    if source == "segment":
-        _count_segment(path, translator, counts)
-    else:
-        _count_mixpanel(path, translator, normalizer or Normalizer(), counts)
-    return _report(source, path, translator, counts)
-
-
-def _count_segment(path: Path, translator: Translator, counts: _Counts) -> None:
-    with _open(path) as stream:
-        for where, value in read_json_values(stream):
+    with open_path(path) as opened:
+        for where, value in read_values(opened.stream, opened.name):
             if isinstance(value, ReadError):
                 counts.bad(where, value.message)
                 continue
-            for place, message, problem in segment.iter_messages(where, value):
-                if message is None:
-                    counts.bad(place, problem or "not a Segment message")
-                    continue
-                found = translator.explain(message)
-                counts.add(_entry(found), lambda f=found, m=message: _segment_target(f, m))
-
-
-def _count_mixpanel(
-    path: Path, translator: Translator, normalizer: Normalizer, counts: _Counts
-) -> None:
-    with _open_mixpanel(path) as stream:
-        for where, row in iter_rows(stream, str(path)):
-            if isinstance(row, ReadError):
-                counts.bad(where, row.message)
-                continue
-            _, event = normalizer(row)
-            if isinstance(event, str):  # dropped before mapping: the reason
-                counts.add((_row_name(row), "skipped", event))
-                continue
-            found = translator.explain(event)
-            counts.add(_entry(found), lambda f=found: _target(f, is_call=False))
+            for item in source.items(where, value):
+                event = item.event
+                if isinstance(event, ReadError):
+                    counts.bad(item.where, event.message)
+                elif isinstance(event, str) and event.startswith(NOT_SEGMENT):
+                    counts.bad(item.where, event.partition(": ")[2] or event)
+                elif isinstance(event, str):  # dropped before mapping: the reason
+                    counts.add((_row_name(value), "skipped", event))
+                else:
+                    found = translator.explain(event)
+                    counts.add(_entry(found), lambda f=found, e=event: _stub_target(f, e))
+    return _report(source.name, path, translator, counts)
 
 
 def _entry(found: Explanation) -> tuple[str, str, str]:
     return (found.key or NO_NAME, found.outcome, found.detail)
 
 
-def _segment_target(found: Explanation, message: dict) -> tuple[str, str] | None:
+def _stub_target(found: Explanation, message: dict) -> tuple[str, str] | None:
     # A message is matched by its call type only when it has no event name (identify,
     # page, ...): the key is then the call type.
     is_call = values.to_string(message.get("event")) is None and found.key == values.to_string(
@@ -236,34 +217,6 @@ def _row_name(row: Any) -> str:
         return NO_NAME
     name = values.to_string(row.get("event") if "event" in row else row.get("event_name"))
     return name or NO_NAME
-
-
-@contextmanager
-def _open(path: Path) -> Iterator[IO[bytes]]:
-    """A byte stream of ``path`` (``-`` is stdin); gzip is recognised by its magic bytes."""
-    raw: IO[bytes] = sys.stdin.buffer if str(path) == "-" else open(path, "rb")  # noqa: SIM115
-    try:
-        stream = raw
-        peek = getattr(raw, "peek", None)
-        if peek is not None and peek(2)[:2] == _GZIP_MAGIC:
-            stream = gzip.GzipFile(fileobj=raw, mode="rb")
-        yield stream
-    finally:
-        if raw is not sys.stdin.buffer:
-            raw.close()
-
-
-@contextmanager
-def _open_mixpanel(path: Path) -> Iterator[IO[bytes]]:
-    if str(path) == "-":
-        with _open(path) as stream:
-            yield stream
-        return
-    stream, raw = open_export(path)
-    try:
-        yield stream
-    finally:
-        raw.close()
 
 
 # --------------------------------------------------------------------------- report

@@ -27,15 +27,16 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 
 from adapter import metrics, records
 from adapter.activity import Activity
-from adapter.miso import MisoClient, Outcome
+from adapter.miso import MisoClient, Outcome, key_id
 from adapter.store import Claimed, Store, StoreError
 
-__all__ = ["MISO_STATUS", "Forwarder", "ForwarderSettings"]
+__all__ = ["MISO_STATUS", "Forwarder", "ForwarderSettings", "refusal", "settings_from_env"]
 
 log = logging.getLogger("adapter.forwarder")
 
@@ -55,6 +56,33 @@ class ForwarderSettings:
     backoff_cap: float = 300.0
     max_retry_age: float = 24 * 3600.0  # give up (dead-letter) after trying this long
     pause_interval: float = 30.0  # while Miso refuses the key, probe this often
+
+
+def refusal(store: Store, api_key: str | None = None) -> dict[str, Any] | None:
+    """Miso's refusal of the key, as a forwarder published it (``reason``, ``status``), or None.
+
+    With ``api_key``, only a refusal of that key counts: one published while an older
+    key was configured says nothing of this one.
+    """
+    status = store.get_status(MISO_STATUS)
+    if status is None or status.get("ready", True):
+        return None
+    if api_key is not None and status.get("key_id") not in (None, key_id(api_key)):
+        return None
+    return status
+
+
+def settings_from_env() -> ForwarderSettings:
+    """Forwarder tunables from the environment; the defaults suit production."""
+    env = os.environ.get
+    defaults = ForwarderSettings()
+    return ForwarderSettings(
+        backoff_base=float(env("ADAPTER_BACKOFF_BASE", defaults.backoff_base)),
+        backoff_cap=float(env("ADAPTER_BACKOFF_CAP", defaults.backoff_cap)),
+        max_retry_age=float(env("ADAPTER_RETRY_HOURS", defaults.max_retry_age / 3600)) * 3600,
+        pause_interval=float(env("ADAPTER_PAUSE_SECONDS", defaults.pause_interval)),
+        lease=float(env("ADAPTER_LEASE_SECONDS", defaults.lease)),
+    )
 
 
 def _backoff(attempts: int, settings: ForwarderSettings, retry_after: float | None) -> float:

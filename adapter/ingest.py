@@ -1,23 +1,30 @@
 """ingest(): the one path every entry point uses after reading its source.
 
-Source readers yield (dedup key, event); ingest translates each event, then hands
-every resulting record to the store in ONE transaction with the dedup keys, so
-what it reports as accepted is durable, and a redelivered message is a duplicate.
+Sources (:mod:`adapter.sources`) yield (dedup key, event); ingest translates each event,
+then hands every resulting record to the store in ONE transaction with the dedup keys,
+so what it reports as accepted is durable, and a redelivered message is a duplicate.
+A long input (a replayed file, an upload) is read in chunks (:func:`chunks`) and each
+chunk ingested in its own transaction (:func:`ingest_chunks`).
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from adapter.mapping import Translator
+from adapter.sources.jsonvalues import ReadError, read_values
 from adapter.store import Incoming, Store
 
-__all__ = ["IngestResult", "ingest"]
+if TYPE_CHECKING:
+    from adapter.sources import Source
+    from adapter.sources.inputs import Input
+
+__all__ = ["CHUNK", "IngestResult", "Intake", "chunks", "ingest", "ingest_chunks"]
 
 
 @dataclass
@@ -119,3 +126,106 @@ def ingest(
         if uncovered is not None:
             result.uncovered[uncovered] += 1
     return result
+
+
+# --------------------------------------------------------------------------- streams
+
+#: Events per transaction of a long input: one fsync per thousand events.
+CHUNK = 1000
+#: Unreadable inputs named one by one in an answer or on stderr; the rest only counted.
+SHOWN_ERRORS = 20
+
+
+@dataclass
+class Intake:
+    """What reading one or more inputs did, and what ingesting them did (``result``)."""
+
+    rows: int = 0  # JSON values read (lines, array items, documents)
+    resumed_rows: int = 0  # values passed over because a checkpoint said they were done
+    malformed: int = 0  # values (or records) that were unusable input, each reported
+    errors: list[str] = field(default_factory=list)  # the first SHOWN_ERRORS, located
+    result: IngestResult = field(default_factory=IngestResult)
+
+    def bad(self, where: str, message: str) -> None:
+        """Count an unusable input, keeping the first few with their location."""
+        self.malformed += 1
+        if len(self.errors) < SHOWN_ERRORS:
+            self.errors.append(f"{where}: {message}")
+
+
+Chunk = list[tuple[str | None, "dict | str"]]
+
+
+def chunks(
+    source: Source,
+    opened: Input,
+    intake: Intake,
+    *,
+    skip: int = 0,
+    report: Callable[[str, str], None] | None = None,
+) -> Iterator[tuple[Chunk, int, int]]:
+    """An input's events in chunks of about CHUNK: ``(chunk, values consumed, raw bytes read)``.
+
+    A chunk ends after a whole value, so "values consumed" is a checkpoint: a resumed
+    read passes over the first ``skip`` values. Unusable values are counted in
+    ``intake`` (and given to ``report``), never fatal. The last chunk may be empty.
+    """
+    chunk: Chunk = []
+    consumed = 0
+    items = source.items
+    for where, value in read_values(opened.stream, opened.name):
+        consumed += 1
+        if consumed <= skip:
+            intake.resumed_rows += 1
+            continue
+        intake.rows += 1
+        if isinstance(value, ReadError):
+            _bad(intake, report, where, value.message)
+            continue
+        for item in items(where, value):
+            if isinstance(item.event, ReadError):
+                _bad(intake, report, item.where, item.event.message)
+            else:
+                chunk.append((item.key, item.event))
+        if len(chunk) >= CHUNK:
+            source.end_chunk()
+            yield chunk, consumed, opened.position()
+            chunk = []
+    source.end_chunk()
+    yield chunk, consumed, opened.position()
+
+
+def _bad(
+    intake: Intake, report: Callable[[str, str], None] | None, where: str, message: str
+) -> None:
+    intake.bad(where, message)
+    if report is not None:
+        report(where, message)
+
+
+def ingest_chunks(
+    store: Store,
+    translator: Translator,
+    parts: Iterable[tuple[Chunk, int, int]],
+    *,
+    source: str,
+    dedup_ttl: float,
+    result: IngestResult,
+    status: Callable[[int, int], tuple[str, dict[str, Any]] | None] | None = None,
+    after: Callable[[IngestResult, int, int], None] | None = None,
+) -> None:
+    """Ingest chunks as they are read, each in its own transaction: a long input is
+    durable chunk by chunk, and an input cut off midway keeps what was stored.
+
+    ``status(consumed, position)`` is stored with each chunk (a checkpoint, an upload's
+    progress); ``after(part, consumed, position)`` sees each chunk's counts once stored.
+    """
+    for chunk, consumed, position in parts:
+        checkpoint = status(consumed, position) if status is not None else None
+        part = IngestResult()
+        if chunk or checkpoint:
+            part = ingest(store, translator, chunk, source=source, dedup_ttl=dedup_ttl,
+                          status=checkpoint)  # fmt: skip
+        result.add(part)
+        if after is not None:
+            after(part, consumed, position)

@@ -14,10 +14,11 @@ optionally the skip reason, identity links and deletions expected::
         links: [{anonymous: a1, user: u1}]   # optional, in the order produced
         deletions: [u1]             # optional
 
-For a Mixpanel table (named ``mixpanel``, or whose ``source`` is ``mixpanel``) ``input`` is
-an export row: it goes through a fresh :class:`adapter.mixpanel.Normalizer` built from the
-case's ``options`` (``time_offset`` or ``timezone``) first, and a row the normaliser refuses
-counts as skipped with its reason.
+``input`` is read as its source reads it (:mod:`adapter.sources`): a Segment message (or
+envelope), or — for a Mixpanel table (named ``mixpanel``, or whose ``source`` is
+``mixpanel``) — an export row, normalised by a fresh Mixpanel source built with the case's
+``options`` (``time_offset`` or ``timezone``); an input the source refuses counts as
+skipped with its reason.
 
     report = run_mapping_tests(Path("mappings"))
     print(render(report))           # FAIL lines with diffs, then "N passed, M failed"
@@ -43,7 +44,8 @@ from marshmallow import fields as mf
 
 from adapter._yaml import Located, YamlError, flatten_errors, load_located, show_path
 from adapter.mapping import MappingError, Problem, Translation, Translator, load_mapping
-from adapter.mixpanel import Normalizer
+from adapter.sources import make_source
+from adapter.sources.jsonvalues import ReadError
 
 __all__ = ["Failure", "TestReport", "render", "run_mapping_tests"]
 
@@ -301,12 +303,20 @@ def _run_case(
 
 
 def _translate(case: dict, table: Translator, is_mixpanel: bool) -> Translation:
-    event: Any = case["input"]
-    if is_mixpanel:
-        key, event = Normalizer(**case.get("options", {}))(event)
-        if key is None:
-            return Translation([], [], [], str(event))
-    return table.translate(event)
+    source = make_source("mixpanel" if is_mixpanel else "segment", **case.get("options", {}))
+    items = list(source.items("input", case["input"]))
+    source.end_chunk()
+    out = Translation([], [], [], None)
+    for item in items:
+        if isinstance(item.event, ReadError | str):
+            out.skipped = item.event if isinstance(item.event, str) else item.event.message
+            continue
+        result = table.translate(item.event)
+        out.records += result.records
+        out.links += result.links
+        out.deletions += result.deletions
+        out.skipped = result.skipped if out.skipped is None else out.skipped
+    return out
 
 
 def _same(expected: Any, actual: Any) -> bool:

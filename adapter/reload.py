@@ -16,12 +16,17 @@ import logging
 import os
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from adapter import metrics
-from adapter.mapping import MappingError, Translator, load_mapping_text
+from adapter.mapping import MappingError, Translator, load_mapping, load_mapping_text
 from adapter.store import Store, StoreError
+from adapter.store import current as store_current
 
-__all__ = ["MappingWatcher"]
+if TYPE_CHECKING:
+    from flask import Flask
+
+__all__ = ["MappingWatcher", "init_app", "rejections", "tables"]
 
 log = logging.getLogger("adapter.reload")
 
@@ -157,3 +162,34 @@ class MappingWatcher:
             self.translators[name] = load_mapping_text(shared["text"], str(path))
         except MappingError:  # pragma: no cover - it compiled when it was shared
             return
+
+
+_TABLES = "miso-adapter.translators"
+_REJECTED = "miso-adapter.mapping-rejections"
+
+
+def init_app(app: Flask) -> None:
+    """Compile every table of ``MAPPINGS_DIR`` and, unless ``MAPPINGS_RELOAD_SECONDS`` is 0,
+    watch the folder (:class:`MappingWatcher`)."""
+    folder = Path(app.config["MAPPINGS_DIR"])
+    translators = {path.stem: load_mapping(path) for path in sorted(folder.glob("*.yaml"))}
+    rejections: dict[str, list[str]] = {}
+    app.extensions[_TABLES] = translators
+    app.extensions[_REJECTED] = rejections
+    if app.config["MAPPINGS_RELOAD_SECONDS"] > 0:
+        MappingWatcher(folder, translators, rejections, app.config["MAPPINGS_RELOAD_SECONDS"],
+                       store=store_current(app)).start()  # fmt: skip
+
+
+def tables(app: Flask | None = None) -> dict[str, Translator]:
+    """The live tables of ``app`` by name (``segment``, ``mixpanel``)."""
+    if app is None:
+        from flask import current_app as app
+    return app.extensions[_TABLES]
+
+
+def rejections(app: Flask | None = None) -> dict[str, list[str]]:
+    """Refused edits by table name: each one's problems (file:line: key: what)."""
+    if app is None:
+        from flask import current_app as app
+    return app.extensions[_REJECTED]

@@ -1,57 +1,63 @@
-"""Replaying Mixpanel exports into Miso: stream, normalise, translate, store, forward.
+"""The replay engine: files of any source into Miso, with checkpoints, progress and a dry run.
 
-Files are read row by row (constant memory); rows are normalised and translated, then
-stored in chunks, each chunk in ONE transaction together with the file's checkpoint
-(how many rows are done), so ``--resume`` continues exactly where the last committed
-chunk ended, and the store's dedup keys make a second run, or an overlapping export,
-send nothing twice. A forwarder sends as the replay reads — from the command line a
-``miso-adapter forward`` child process, so reading and sending use a core each (a
-thread would share one interpreter lock); when Miso is slow or refusing (429, 5xx),
-the spool grows to a bound and reading waits: the replay slows down instead of
-dropping anything.
+``replay(source, paths, ...)`` reads files (directories recursed, in name order) through
+the source (:mod:`adapter.sources`), and stores their events in chunks, each chunk in ONE
+transaction together with the file's checkpoint (how many values are done), so
+``resume=True`` continues exactly where the last committed chunk ended, and the store's
+dedup keys make a second run, or an overlapping input, send nothing twice. A forwarder
+sends as the replay reads — from the command line a ``miso-adapter forward`` child
+process (:class:`adapter.supervise.Child`), so reading and sending use a core each; when
+Miso is slow or refusing (429, 5xx), the spool grows to a bound and reading waits: the
+replay slows down instead of dropping anything.
+
+A dry run (``dry_run=True``) takes the same path into a :class:`Preview` instead of the
+store, and writes out exactly the records a replay would send now.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-import subprocess
+import os
 import sys
 import threading
 import time
-import zlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
 from adapter.activity import Activity
-from adapter.forwarder import MISO_STATUS, Forwarder
+from adapter.forwarder import Forwarder, refusal
 from adapter.identity import Link
-from adapter.ingest import IngestResult, ingest
+from adapter.ingest import SHOWN_ERRORS, Intake, chunks, ingest_chunks
 from adapter.mapping import Translator
-from adapter.mixpanel import Normalizer, identity_rows, iter_rows, open_export
-from adapter.reader import ReadError
+from adapter.sources import Source
+from adapter.sources.inputs import UNREADABLE, open_path
 from adapter.store import Incoming, Store, anonymous_in
+from adapter.supervise import Child, forwarder_command
 
-__all__ = ["ForwarderProcess", "ForwarderThread", "ReplaySummary", "chunks", "replay_files"]
+__all__ = [
+    "ForwarderThread",
+    "Preview",
+    "ReplaySummary",
+    "checkpoint_name",
+    "forwarder_child",
+    "input_files",
+    "replay",
+]
 
 log = logging.getLogger("adapter.replay")
 
-CHUNK = 1000  # rows per transaction: one fsync per thousand events
 MAX_SPOOL = 50_000  # records waiting for Miso before reading pauses (backpressure)
-SHOWN_ERRORS = 20  # malformed rows printed one by one; the rest only counted
 
 
 @dataclass
-class ReplaySummary:
+class ReplaySummary(Intake):
     """What a replay did, for the final report."""
 
     files: int = 0
-    rows: int = 0
-    resumed_rows: int = 0  # rows skipped because a checkpoint said they were done
-    malformed: int = 0
-    result: IngestResult = field(default_factory=IngestResult)
+    not_read: list[str] = field(default_factory=list)  # files passed over, with why
     records_out: int = 0  # dry run: records written
     delivered_wait: str = ""  # how the wait for delivery ended
     start_stats: dict[str, Any] | None = None  # the store before the replay
@@ -61,6 +67,8 @@ class ReplaySummary:
         """The human summary printed at the end."""
         r = self.result
         out = [f"read {self.rows:,} rows from {self.files} file(s); {self.malformed:,} malformed"]
+        if self.not_read:
+            out.append(f"files not read: {len(self.not_read):,}")
         if self.resumed_rows:
             out.append(f"resumed: {self.resumed_rows:,} rows already done were skipped")
         if dry_run:
@@ -95,8 +103,42 @@ def checkpoint_name(path: Path) -> str:
     return "replay:" + hashlib.sha1(identity.encode()).hexdigest()[:16]
 
 
+def input_files(paths: Sequence[Path], skipped: list[str]) -> list[Path]:
+    """The files to read: files as given, directories recursed (files in name order).
+
+    A file found in a directory that holds no JSON (its first byte, once decompressed,
+    is not ``{`` or ``[``: a manifest, a README) is not read; ``skipped`` says why.
+    """
+    out: list[Path] = []
+    for path in paths:
+        if not path.is_dir():
+            out.append(path)
+            continue
+        for found in sorted(p for p in path.rglob("*") if p.is_file()):
+            why = _not_json(found)
+            if why is None:
+                out.append(found)
+            else:
+                skipped.append(f"{found}: not read: {why}")
+    return out
+
+
+def _not_json(path: Path) -> str | None:
+    """Why a file is no input of JSON values, or None."""
+    try:
+        with open_path(path) as opened:
+            head = opened.stream.peek(256).lstrip(b" \t\r\n")  # type: ignore[attr-defined]
+    except (OSError, *UNREADABLE) as exc:
+        return f"cannot be read ({exc})"
+    if not head:
+        return "empty"
+    if head[:1] not in (b"{", b"["):
+        return "not JSON"
+    return None
+
+
 class Progress:
-    """A tqdm bar on a terminal (bytes of the file, events, events/s, ETA); plain lines else."""
+    """A tqdm bar on a terminal (bytes of all inputs, events, events/s, ETA); plain lines else."""
 
     interval = 10.0  # seconds between plain progress lines (logs, CI)
 
@@ -107,7 +149,6 @@ class Progress:
         self.label = label
         self.started = time.monotonic()
         self.last_line = self.started
-        self.events = 0
         self._bar = None
         if self.interactive:
             from tqdm import tqdm
@@ -116,7 +157,6 @@ class Progress:
                              file=stream, dynamic_ncols=True)  # fmt: skip
 
     def update(self, position: int, events: int) -> None:
-        self.events = events
         rate = events / max(time.monotonic() - self.started, 1e-9)
         if self._bar is not None:
             self._bar.n = position
@@ -138,23 +178,8 @@ class Progress:
             self._bar.close()
 
 
-def _rows(path: Path) -> Iterator[tuple[str, Any, int]]:
-    """(where, row, raw bytes read so far) for every row of one export file."""
-    stream, raw = open_export(path)
-    position = 0
-    try:
-        for count, (where, row) in enumerate(iter_rows(stream, str(path))):
-            # tell() is a system call: asking once per row took a third of a dry run.
-            if not count & 255:
-                position = raw.tell()
-            yield where, row, position
-    finally:
-        stream.close()
-        raw.close()
-
-
 class ForwarderThread:
-    """Sends while the replay reads: a forwarder in a thread of this process."""
+    """Sends while the replay reads: a forwarder in a thread of this process (tests)."""
 
     def __init__(self, forwarder: Forwarder) -> None:
         self.forwarder = forwarder
@@ -167,100 +192,17 @@ class ForwarderThread:
     def check(self) -> None:
         """Nothing to supervise: the forwarder's loop survives store and network trouble."""
 
-    def stop(self) -> None:
+    def shutdown(self) -> None:
         self._stop.set()
         self._thread.join(timeout=60)
 
 
-class ForwarderProcess:
-    """Sends while the replay reads: a ``miso-adapter forward`` child on its own core.
-
-    It dies with the replay (even on ``kill -9``, on Linux), and is restarted if it
-    exits early; what it had leased comes back to the next forwarder after the lease.
-    """
-
-    def __init__(self, command: list[str] | None = None, env: dict[str, str] | None = None) -> None:
-        self.command = command or [sys.executable, "-m", "adapter.cli", "forward"]
-        self.env = env
-        self.process: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        from adapter.serve import spawn
-
-        self.process = spawn(self.command, env=self.env)
-
-    def check(self) -> None:
-        """Restart the forwarder if it has exited."""
-        if self.process is not None and self.process.poll() is not None:
-            log.error("the forwarder exited with %s; restarting it", self.process.returncode)
-            self.start()
-
-    def stop(self) -> None:
-        if self.process is None:
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+def forwarder_child() -> Child:
+    """A ``miso-adapter forward`` child for a replay: sending runs on the other core."""
+    return Child("forwarder", forwarder_command(), {**os.environ, "ADAPTER_LOG_LEVEL": "WARNING"})
 
 
-Sender = ForwarderThread | ForwarderProcess
-
-
-def replay_files(
-    paths: list[Path],
-    *,
-    translator: Translator,
-    normalizer: Normalizer,
-    store: Store | None,
-    dedup_ttl: float,
-    resume: bool = False,
-    dry_run: bool = False,
-    output: IO[bytes] | None = None,
-    forwarder: Forwarder | Sender | None = None,
-    errors: IO[str] = sys.stderr,
-    wait_for_delivery: float = 3600.0,
-    max_spool: int = MAX_SPOOL,
-) -> ReplaySummary:
-    """Replay export files into ``store``; or, with ``dry_run``, write to ``output`` the
-    records a replay would send now (``store``, when given, is only read: its dedup keys
-    and identity links).
-
-    ``forwarder`` sends while the replay reads: a :class:`Forwarder` (run in a thread),
-    a :class:`ForwarderThread` or a :class:`ForwarderProcess`; None stores only. Unless
-    the normalizer has its own, the store says which ids are anonymous.
-    """
-    summary = ReplaySummary()
-    if store is not None and normalizer.known_anonymous is None:
-        normalizer.known_anonymous = anonymous_in(store)
-    preview = Preview(output, store) if dry_run else None
-    writer = None if dry_run else store
-    activity = None
-    if writer is not None:
-        summary.start_stats = writer.stats()
-        activity = Activity(writer).manual()  # the console shows replays beside webhooks
-    sender = None
-    if forwarder is not None and writer is not None:
-        sender = ForwarderThread(forwarder) if isinstance(forwarder, Forwarder) else forwarder
-        sender.start()
-    try:
-        _learn_identity(paths, normalizer, writer, dedup_ttl)
-        for path in paths:
-            summary.files += 1
-            _replay_one(path, summary, translator, normalizer, writer, preview, dedup_ttl,
-                        resume, errors, max_spool, sender, activity)  # fmt: skip
-        if sender is not None and writer is not None:
-            summary.delivered_wait = _wait_for_delivery(writer, sender, wait_for_delivery)
-    finally:
-        if sender is not None:
-            sender.stop()
-        if activity is not None:
-            activity.flush()
-    if writer is not None:
-        summary.end_stats = writer.stats()
-    return summary
+Sender = ForwarderThread | Child
 
 
 class Preview:
@@ -309,132 +251,160 @@ class Preview:
         return duplicates
 
 
-def _learn_identity(
-    paths: list[Path], normalizer: Normalizer, store: Store | None, dedup_ttl: float
-) -> None:
-    """Learn the links of every identity row first, so that no row is read before its link.
-
-    A device's rows come before its sign-in, so a single pass would take its id for a
-    user's. The normalizer remembers the anonymous side; a replay also stores the links
-    (a dry run writes nothing), so the store knows them beyond the normalizer's memory.
-    """
-    for path in paths:
-        stream, raw = open_export(path)
-        links: list[Link] = []
-        try:
-            for row in identity_rows(stream, str(path)):
-                pair = normalizer.learn(row)
-                if pair is not None and store is not None:
-                    links.append(Link(*pair))
-                    if len(links) >= CHUNK:
-                        store.accept([Incoming(None, links=links, source="mixpanel")], dedup_ttl)
-                        links = []
-        except (OSError, EOFError, zlib.error):
-            pass  # a damaged file is reported, located, by the full read that follows
-        finally:
-            stream.close()
-            raw.close()
-        if links and store is not None:
-            store.accept([Incoming(None, links=links, source="mixpanel")], dedup_ttl)
-
-
-def chunks(
-    rows: Iterator[tuple[str, Any, int]],
-    normalizer: Normalizer,
-    summary: ReplaySummary,
-    report: Callable[[str, str], None],
+def replay(
+    source: Source,
+    paths: Sequence[Path],
     *,
-    skip: int = 0,
-) -> Iterator[tuple[list[tuple[str | None, dict | str]], int, int]]:
-    """Normalised rows in chunks: ``(chunk, rows consumed so far, byte position)``.
-
-    The first ``skip`` rows are passed over (a resumed replay); malformed rows are
-    counted and reported, never fatal. The last chunk may be empty.
-    """
-    chunk: list[tuple[str | None, dict | str]] = []
-    consumed = position = 0
-    for where, row, position in rows:
-        consumed += 1
-        if consumed <= skip:
-            summary.resumed_rows += 1
-            continue
-        summary.rows += 1
-        if isinstance(row, ReadError):
-            summary.malformed += 1
-            report(where, row.message)
-            continue
-        chunk.append(normalizer(row))
-        if len(chunk) >= CHUNK:
-            normalizer.settle()
-            yield chunk, consumed, position
-            chunk = []
-    normalizer.settle()
-    yield chunk, consumed, position
-
-
-def _replay_one(
-    path: Path,
-    summary: ReplaySummary,
     translator: Translator,
-    normalizer: Normalizer,
     store: Store | None,
-    preview: Preview | None,
     dedup_ttl: float,
-    resume: bool,
-    errors: IO[str],
-    max_spool: int,
-    sender: Sender | None,
-    activity: Activity | None,
-) -> None:
-    name = checkpoint_name(path)
-    done = 0
-    if store is not None and resume:
-        saved = store.get_status(name)
-        done = int(saved["rows"]) if saved else 0
-    progress = Progress(path.stat().st_size, path.name)
-    shown = noted = summary.malformed
+    resume: bool = False,
+    dry_run: bool = False,
+    output: IO[bytes] | None = None,
+    forwarder: Forwarder | Sender | None = None,
+    errors: IO[str] = sys.stderr,
+    wait_for_delivery: float = 3600.0,
+    max_spool: int = MAX_SPOOL,
+) -> ReplaySummary:
+    """Replay ``paths`` into ``store``; or, with ``dry_run``, write to ``output`` the
+    records a replay would send now (``store``, when given, is only read: its dedup keys
+    and identity links).
 
-    def report(where: str, message: str) -> None:
-        if summary.malformed - shown <= SHOWN_ERRORS:
-            print(f"{where}: error: {message}", file=errors)
-
+    ``forwarder`` sends while the replay reads: a :class:`Forwarder` (run in a thread),
+    a :class:`ForwarderThread` or a :class:`~adapter.supervise.Child`; None stores only.
+    """
+    summary = ReplaySummary()
+    files = input_files(paths, summary.not_read)
+    for line in summary.not_read:
+        print(line, file=errors)
+    writer = None if dry_run else store
+    if store is not None:
+        source.use_anonymous_lookup(anonymous_in(store))
+    source.prepare(files, _learner(writer, source.name, dedup_ttl) if writer else None)
+    preview = Preview(output, store) if dry_run else None
+    activity = None
+    if writer is not None:
+        summary.start_stats = writer.stats()
+        activity = Activity(writer).manual()  # the console shows replays beside webhooks
+    sender = None
+    if forwarder is not None and writer is not None:
+        sender = ForwarderThread(forwarder) if isinstance(forwarder, Forwarder) else forwarder
+        sender.start()
+    progress = Progress(sum(_size(p) for p in files), files[0].name if len(files) == 1 else
+                        f"{len(files)} files")  # fmt: skip
+    run = _Run(source, translator, writer, preview, dedup_ttl, errors, max_spool, sender,
+               activity, progress, summary)  # fmt: skip
     try:
-        for chunk, consumed, position in chunks(
-            _rows(path), normalizer, summary, report, skip=done
-        ):
-            if preview is not None:
-                summary.result.add(ingest(preview, translator, chunk, source="mixpanel",
-                                          dedup_ttl=dedup_ttl))  # fmt: skip
-                summary.records_out = preview.records
-            elif store is not None:
-                _wait_for_room(store, max_spool, sender)
-                checkpoint = (name, {"file": str(path), "rows": consumed})
-                part = ingest(store, translator, chunk, source="mixpanel", dedup_ttl=dedup_ttl,
-                              status=checkpoint)  # fmt: skip
-                summary.result.add(part)
-                if activity is not None:
-                    activity.ingest("mixpanel", part, malformed=summary.malformed - noted)
-                    noted = summary.malformed
-                    activity.flush_if_due()
-            progress.update(position, summary.result.received)
+        done_bytes = 0
+        for path in files:
+            summary.files += 1
+            run.file(path, resume, done_bytes)
+            done_bytes += _size(path)
+        if summary.malformed > SHOWN_ERRORS:
+            print(f"... {summary.malformed - SHOWN_ERRORS:,} more", file=errors)
+        if sender is not None and writer is not None:
+            summary.delivered_wait = _wait_for_delivery(writer, sender, wait_for_delivery)
     finally:
         progress.close()
-    if summary.malformed - shown > SHOWN_ERRORS:
-        print(f"... {summary.malformed - shown - SHOWN_ERRORS:,} more malformed rows", file=errors)
+        if sender is not None:
+            sender.shutdown()
+        if activity is not None:
+            activity.flush()
+    if preview is not None:
+        summary.records_out = preview.records
+    if writer is not None:
+        summary.end_stats = writer.stats()
+    return summary
 
 
-def _refused(store: Store) -> dict[str, Any] | None:
-    """The forwarder's published refusal (Miso refuses the key), if any."""
-    status = store.get_status(MISO_STATUS)
-    return status if status is not None and not status.get("ready", True) else None
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def _learner(store: Store, source: str, dedup_ttl: float) -> Any:
+    def learn(links: list[Link]) -> None:
+        store.accept([Incoming(None, links=links, source=source)], dedup_ttl)
+
+    return learn
+
+
+@dataclass
+class _Run:
+    """One replay's reading of its files, one at a time."""
+
+    source: Source
+    translator: Translator
+    store: Store | None
+    preview: Preview | None
+    dedup_ttl: float
+    errors: IO[str]
+    max_spool: int
+    sender: Sender | None
+    activity: Activity | None
+    progress: Progress
+    summary: ReplaySummary
+
+    def report(self, where: str, message: str) -> None:
+        if self.summary.malformed <= SHOWN_ERRORS:
+            print(f"{where}: error: {message}", file=self.errors)
+
+    def file(self, path: Path, resume: bool, done_bytes: int) -> None:
+        name = checkpoint_name(path)
+        skip = 0
+        if self.store is not None and resume:
+            saved = self.store.get_status(name)
+            skip = int(saved["rows"]) if saved else 0
+        summary = self.summary
+        noted = summary.malformed
+        try:
+            opened = open_path(path)
+        except OSError as exc:
+            summary.bad(str(path), f"cannot be read: {exc.strerror or exc}")
+            self.report(str(path), f"cannot be read: {exc.strerror or exc}")
+            return
+
+        def after(part: Any, consumed: int, position: int) -> None:
+            nonlocal noted
+            if self.activity is not None:
+                self.activity.ingest(self.source.name, part, malformed=summary.malformed - noted)
+                noted = summary.malformed
+                self.activity.flush_if_due()
+            if self.store is not None:
+                _wait_for_room(self.store, self.max_spool, self.sender)
+            self.progress.update(done_bytes + position, summary.result.received)
+
+        with opened:
+            parts = chunks(self.source, opened, summary, skip=skip, report=self.report)
+            try:
+                target = self.preview if self.preview is not None else self.store
+                assert target is not None
+                ingest_chunks(
+                    target,  # type: ignore[arg-type]
+                    self.translator,
+                    parts,
+                    source=self.source.name,
+                    dedup_ttl=self.dedup_ttl,
+                    result=summary.result,
+                    status=(lambda consumed, _: (name, {"file": str(path), "rows": consumed}))
+                    if self.preview is None
+                    else None,
+                    after=after,
+                )
+            except UNREADABLE as exc:
+                # A gzip file cut short: what was read before is stored and checkpointed.
+                summary.bad(str(path), f"cannot be read to the end: {exc}")
+                self.report(str(path), f"cannot be read to the end: {exc}")
 
 
 def _wait_for_room(store: Store, max_spool: int, sender: Sender | None) -> None:
-    """Backpressure: while Miso is slower than the file, let the spool drain first."""
+    """Backpressure: while Miso is slower than the files, let the spool drain first."""
     if sender is None:
         return
     while store.stats()["spool"] >= max_spool:
-        if _refused(store) is not None:
+        if refusal(store) is not None:
             return  # Miso refuses the key: keep storing; nothing is lost, it waits
         sender.check()
         time.sleep(0.2)
@@ -456,7 +426,7 @@ def _wait_for_delivery(store: Store, sender: Sender, limit: float) -> str:
         since_finished = time.monotonic() - finished
         if stats["spool"] == 0 or stats["oldest_age"] < since_finished - 0.05:
             return "delivered: everything accepted has reached Miso"
-        status = _refused(store)
+        status = refusal(store)
         if status is not None:
             return (
                 f"NOT delivered: {stats['spool']:,} records wait in the spool: {status['reason']}."

@@ -16,41 +16,25 @@ so the service's log is in one format whatever the children's own streams are.
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import time
 
 import gunicorn
 
 from adapter import logs, metrics
+from adapter.supervise import Child, forwarder_command
 
-__all__ = ["gunicorn_command", "serve", "spawn"]
+__all__ = ["gunicorn_command", "serve"]
 
 log = logging.getLogger("adapter.serve")
 
-_PR_SET_PDEATHSIG = 1
 # gunicorn 27 opens a control socket at one fixed path per user: two services on a host
 # would fight over it, and supervision is ours. Older versions have no such socket.
 _NO_CONTROL_SOCKET = ["--no-control-socket"] if gunicorn.version_info >= (27,) else []
-
-
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
-    """Ask Linux to SIGKILL this child when the supervisor dies, even by kill -9."""
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    except OSError:
-        pass  # not Linux: children outlive a killed supervisor, as with any supervisor
-
-
-def spawn(command: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
-    """Start a child process that dies with this one (Linux), even on ``kill -9``."""
-    return subprocess.Popen(command, env=env, preexec_fn=_die_with_parent)
 
 
 def gunicorn_command(bind: str, workers: int, threads: int) -> list[str]:
@@ -70,62 +54,6 @@ def gunicorn_command(bind: str, workers: int, threads: int) -> list[str]:
     ]  # fmt: skip
 
 
-class _Child:
-    """One supervised child process, restarted with backoff when it dies."""
-
-    def __init__(self, name: str, command: list[str], env: dict[str, str] | None = None) -> None:
-        self.name = name
-        self.command = command
-        self.env = env
-        self.process: subprocess.Popen | None = None
-        self.restarts = 0
-        self.next_start = 0.0
-
-    def start(self) -> None:
-        self.process = spawn(self.command, self.env)
-        log.info(
-            "started %s (pid %d)",
-            self.name,
-            self.process.pid,
-            extra={"event": "child_started", "child": self.name},
-        )
-
-    def check(self, now: float) -> None:
-        """Restart if it exited: quickly at first, then backing off up to 30 s."""
-        if self.process is None:
-            if now >= self.next_start:
-                self.start()
-            return
-        code = self.process.poll()
-        if code is None:
-            return
-        metrics.process_exited(self.process.pid, (self.env or {}).get(metrics.ENV))
-        self.restarts += 1
-        delay = min(30.0, 0.5 * 2 ** min(self.restarts, 6))
-        log.error(
-            "%s exited with %s; restarting in %.1fs",
-            self.name,
-            code,
-            delay,
-            extra={"event": "child_exited", "child": self.name, "exit_code": code},
-        )
-        self.process, self.next_start = None, now + delay
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-
-    def wait(self, deadline: float) -> None:
-        if self.process is None:
-            return
-        try:
-            self.process.wait(timeout=max(0.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            log.error("%s did not stop in time; killing it", self.name)
-            self.process.kill()
-            self.process.wait()
-
-
 def serve(bind: str, workers: int, threads: int) -> int:
     """Run gunicorn and the forwarder until SIGTERM/SIGINT; returns the exit code."""
     metrics_dir, temporary = metrics.prepare_multiprocess_dir()
@@ -139,8 +67,8 @@ def serve(bind: str, workers: int, threads: int) -> int:
 
 def _supervise(bind: str, workers: int, threads: int, env: dict[str, str]) -> int:
     children = [
-        _Child("web", gunicorn_command(bind, workers, threads), env),
-        _Child("forwarder", [sys.executable, "-m", "adapter.cli", "forward"], env),
+        Child("web", gunicorn_command(bind, workers, threads), env),
+        Child("forwarder", forwarder_command(), env),
     ]
     stopping = False
 

@@ -33,13 +33,14 @@ RECORD = {
 
 
 def run(tmp_path, capsys, data: bytes, *extra: str) -> tuple[int, list[dict], list[str]]:
-    """Run translate on ``data`` (written to a file); return code, records, stderr lines."""
+    """Run translate on ``data`` (written to a file); return code, records, stderr lines
+    (with the file's path written as FILE)."""
     path = tmp_path / "input.json"
     path.write_bytes(data)
     code = cli.main(["translate", "segment", str(path), *extra])
     captured = capsys.readouterr()
     records = [orjson.loads(line) for line in captured.out.splitlines()]
-    return code, records, captured.err.splitlines()
+    return code, records, captured.err.replace(str(path), "FILE").splitlines()
 
 
 def test_jsonl_input(tmp_path, capsys):
@@ -49,7 +50,7 @@ def test_jsonl_input(tmp_path, capsys):
     assert code == 0
     assert records == [RECORD, RECORD]
     assert err == [
-        "line 2: skipped: no rule for event 'Newsletter Opened'",
+        "FILE:2: skipped: no rule for event 'Newsletter Opened'",
         "3 inputs: 2 records, 1 skipped, 0 errors, 0 identity links, 0 deletions",
     ]
 
@@ -58,7 +59,7 @@ def test_json_array_input(tmp_path, capsys):
     """A JSON array (Webhooks (Actions) batch) is read item by item."""
     code, records, err = run(tmp_path, capsys, orjson.dumps([VIEW, UNKNOWN]))
     assert (code, records) == (0, [RECORD])
-    assert err[0] == "item 2: skipped: no rule for event 'Newsletter Opened'"
+    assert err[0] == "FILE item 2: skipped: no rule for event 'Newsletter Opened'"
 
 
 def test_pretty_printed_object_input(tmp_path, capsys):
@@ -76,14 +77,18 @@ def test_tracking_api_batch_input(tmp_path, capsys):
 
 
 def test_bad_lines_are_reported_and_skipped(tmp_path, capsys):
-    """A malformed line is reported with its line number; the rest still translates; exit 1."""
+    """A malformed line is reported with its line number, a value that is no message is
+    skipped saying why; the rest still translates; exit 1."""
     data = orjson.dumps(VIEW) + b"\n{not json\n\n42\n" + orjson.dumps(VIEW) + b"\n"
     code, records, err = run(tmp_path, capsys, data)
     assert code == 1
     assert records == [RECORD, RECORD]
-    assert err[0].startswith("line 2: error: invalid JSON: ")
-    assert err[1] == "line 4: error: expected a Segment message (JSON object), got number"
-    assert err[-1] == "3 inputs: 2 records, 0 skipped, 2 errors, 0 identity links, 0 deletions"
+    assert err[0].startswith("FILE:2: error: invalid JSON: ")
+    assert err[1] == (
+        "FILE:4: skipped: not a Segment message: expected a Segment message (JSON object), "
+        "got number"
+    )
+    assert err[-1] == "3 inputs: 2 records, 1 skipped, 1 errors, 0 identity links, 0 deletions"
 
 
 def test_identity_and_deletion_summaries(tmp_path, capsys):
@@ -98,8 +103,8 @@ def test_identity_and_deletion_summaries(tmp_path, capsys):
     code, records, err = run(tmp_path, capsys, data)
     assert (code, records) == (0, [])
     assert err == [
-        "line 1: skipped: identity call, not an interaction (1 identity link)",
-        "line 2: skipped: user deletion request (deletion of user 'u1')",
+        "FILE:1: skipped: identity call, not an interaction (1 identity link)",
+        "FILE:2: skipped: user deletion request (deletion of user 'u1')",
         "2 inputs: 0 records, 2 skipped, 0 errors, 1 identity links, 1 deletions",
     ]
 
@@ -120,9 +125,10 @@ def test_gzip_file_and_stdin_translate_like_the_plain_file(tmp_path, capsys, mon
     (tmp_path / "events.jsonl").write_bytes(packed)  # no .gz: the content tells
 
     def translate(*argv: str) -> tuple[int, str, str]:
+        """The outcome, with a file's locations (``PATH:3``) written as stdin's (``line 3``)."""
         code = cli.main(["translate", "segment", *argv])
         captured = capsys.readouterr()
-        return code, captured.out, captured.err
+        return code, captured.out, captured.err.replace(f"{argv[0]}:", "line ")
 
     expected = translate(str(tmp_path / "plain.jsonl"))
     assert expected[0] == 0 and len(expected[1].splitlines()) >= 10

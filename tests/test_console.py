@@ -614,7 +614,8 @@ class TestImport:
          ("source=segment", b"{broken\n{also broken\n", "no readable Segment messages: "),
          ("source=segment", b"[1, 2]", "no Segment messages in the body"),
          ("source=mixpanel", b"nope\n", "no readable Mixpanel rows: "),
-         ("source=shopify", jsonl([VIEW]), "unknown source 'shopify': use mixpanel or segment")],
+         ("source=shopify", jsonl([VIEW]),
+          "unknown source 'shopify': use segment, mixpanel, miso")],
         ids=["empty", "blank", "all-malformed", "not-messages", "mixpanel-malformed",
              "unknown-source"],
     )  # fmt: skip
@@ -637,7 +638,7 @@ class TestImport:
                              content_type="application/x-ndjson", headers=BEARER)  # fmt: skip
         assert partly.status_code == 200
         assert (partly.json["accepted"], partly.json["malformed"]) == (1, 1)
-        assert partly.json["errors"][0].startswith("line 2: invalid JSON")
+        assert partly.json["errors"][0].startswith("body:2: invalid JSON")
 
     def test_import_page(self, signed_in):
         """The import page offers both sources and a file input, with the session's CSRF."""

@@ -207,12 +207,16 @@ def test_malformed_lines_and_messages_are_counted_not_fatal(segment_table, tmp_p
     t = report.totals
     assert (t.events, t.malformed) == (17, 3)
     assert by_key(report)["Product Viewed"].count == 2
-    assert [where for where, _ in report.malformed] == ["line 4", "line 7", "line 19, batch item 2"]
+    assert [where for where, _ in report.malformed] == [
+        f"{path}:4",
+        f"{path}:7",
+        f"{path}:19, batch item 2",
+    ]
     assert report.malformed[0][1].startswith("invalid JSON")
     assert "got number" in report.malformed[1][1]
     text = render_text(report)
     assert "3 malformed rows" in text
-    assert "malformed: line 7: expected a Segment message (JSON object), got number" in text
+    assert f"malformed: {path}:7: expected a Segment message (JSON object), got number" in text
 
 
 def test_json_array_and_gzip_segment_input(segment_table, tmp_path):

@@ -16,7 +16,7 @@ import yaml
 
 from adapter.mapping import Explanation, load_mapping, normalize_name
 from adapter.mapping_tests import Failure, TestReport, render, run_mapping_tests
-from adapter.mixpanel import Normalizer
+from adapter.sources.mixpanel import Normalizer
 
 ROOT = Path(__file__).resolve().parent.parent
 MAPPINGS = ROOT / "mappings"

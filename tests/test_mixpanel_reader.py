@@ -1,4 +1,4 @@
-"""Reading Mixpanel export files (for ``replay mixpanel``): ``open_export`` and ``iter_rows``.
+"""Reading Mixpanel export files (for ``replay mixpanel``): ``open_path`` and ``read_values``.
 
 Exports are JSON Lines (raw export) or a JSON array, plain or gzip; the name of a file says
 nothing reliable about its encoding, so gzip is recognised by content. A bad line is reported
@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from adapter.mixpanel import iter_rows, open_export
-from adapter.reader import ReadError
+from adapter.sources.inputs import open_path
+from adapter.sources.jsonvalues import ReadError, read_values
 
 # Three raw-export lines with Mixpanel's real field names (made-up values): an anonymous web
 # page view, a server-side /import-ed order, an Original-merge $identify of a pre-2023 project.
@@ -110,12 +110,8 @@ def write(tmp_path: Path, name: str, data: bytes) -> Path:
 
 def read_all(path: Path) -> list[tuple[str, Any]]:
     """Every ``(where, row)`` of a file, opened by content and closed afterwards."""
-    stream, raw = open_export(path)
-    try:
-        return list(iter_rows(stream, path.name))
-    finally:
-        stream.close()
-        raw.close()
+    with open_path(path) as opened:
+        return list(read_values(opened.stream, path.name))
 
 
 def rows_only(found: list[tuple[str, Any]]) -> list[Any]:
@@ -334,15 +330,11 @@ def _stream_peak(path: Path) -> tuple[int, int, float]:
     started = time.perf_counter()
     tracemalloc.start()
     try:
-        stream, raw = open_export(path)
         count = 0
-        try:
-            for _, row in iter_rows(stream, path.name):
+        with open_path(path) as opened:
+            for _, row in read_values(opened.stream, path.name):
                 assert not isinstance(row, ReadError), row
                 count += 1
-        finally:
-            stream.close()
-            raw.close()
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
@@ -351,7 +343,7 @@ def _stream_peak(path: Path) -> tuple[int, int, float]:
 
 @pytest.mark.parametrize("compress", [False, True], ids=["plain", "gzip"])
 def test_streaming_a_large_export_uses_constant_memory(tmp_path, compress):
-    """200k lines stream through iter_rows with a peak of a few MB, not the file's size."""
+    """200k lines stream through read_values with a peak of a few MB, not the file's size."""
     path = tmp_path / ("big.jsonl.gz" if compress else "big.jsonl")
     _generate_export(path, LINES, compress=compress)
     size = path.stat().st_size if not compress else LINES * 130

@@ -25,7 +25,7 @@ import pytest
 
 from adapter.identity import Link
 from adapter.mapping import Translation, Translator, load_mapping
-from adapter.mixpanel import Normalizer, identity_rows
+from adapter.sources.mixpanel import Normalizer, identity_rows
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -1412,7 +1412,7 @@ def test_identity_rows_finds_the_identity_rows_of_lines_and_arrays():
     array = orjson.dumps(rows)
     for body in (lines, array):
         normalizer = Normalizer()
-        found = list(identity_rows(io.BytesIO(body), "export"))
+        found = list(identity_rows(io.BufferedReader(io.BytesIO(body)), "export"))
         assert [normalizer.learn(r) for r in found] == [("dev-5", USER), ("dev-6", "u2")]
         event = _ids_of(normalizer, ids_row({"distinct_id": "dev-6"}))
         assert (event["user_id"], event["anonymous_id"]) == (None, "dev-6")

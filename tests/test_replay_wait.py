@@ -13,8 +13,8 @@ import orjson
 from adapter.forwarder import Forwarder, ForwarderSettings
 from adapter.mapping import default_mappings_dir, load_mapping
 from adapter.miso import MisoClient
-from adapter.mixpanel import Normalizer
-from adapter.replay import replay_files
+from adapter.replay import replay
+from adapter.sources import make_source
 from adapter.store import Incoming
 from adapter.store.sqlite import SqliteStore
 from adapter.testing import FakeMiso
@@ -41,10 +41,10 @@ def test_webhooks_arriving_during_the_final_wait_do_not_hold_the_replay(tmp_path
         traffic.start()
         started = time.monotonic()
         try:
-            summary = replay_files(
+            summary = replay(
+                make_source("mixpanel"),
                 [export.path],
                 translator=load_mapping(default_mappings_dir() / "mixpanel.yaml"),
-                normalizer=Normalizer(),
                 store=store,
                 dedup_ttl=3600,
                 forwarder=Forwarder(store, MisoClient(miso.url, "k"), ForwarderSettings()),

@@ -24,9 +24,10 @@ import orjson
 import pytest
 import requests
 
-from adapter import create_app, segment
+from adapter import create_app
 from adapter.forwarder import Forwarder, ForwarderSettings
 from adapter.miso import MisoClient
+from adapter.sources import segment
 from adapter.store import StoreError
 from adapter.store.sqlite import SqliteStore
 from adapter.testing import FakeMiso
@@ -111,7 +112,7 @@ def digest_calls(monkeypatch) -> list[tuple[bytes, bytes]]:
         calls.append((a, b))
         return real(a, b)
 
-    # adapter.segment and adapter.web both call it as `hmac.compare_digest`.
+    # adapter.sources.segment and adapter.web both call it as `hmac.compare_digest`.
     monkeypatch.setattr(segment.hmac, "compare_digest", spy)
     return calls
 

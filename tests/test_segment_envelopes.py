@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from adapter.segment import iter_messages
+from adapter.sources.segment import iter_messages
 
 
 def test_single_message():

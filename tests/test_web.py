@@ -364,7 +364,8 @@ def test_request_stream_is_bounded(app):
     with app.test_request_context(
         "/segment", method="POST", input_stream=environ_body, content_type="application/json"
     ):
-        from adapter.web import ApiError, _read_body
+        from adapter.http import ApiError
+        from adapter.web import _read_body
 
         with pytest.raises(ApiError) as caught:
             _read_body(100, ("application/json",))

@@ -21,9 +21,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from adapter.identity import Link
+
+if TYPE_CHECKING:
+    from flask import Flask
 
 __all__ = [
     "ACTIVITY_KEEP_MINUTES",
@@ -33,6 +36,8 @@ __all__ = [
     "Store",
     "StoreError",
     "anonymous_in",
+    "current",
+    "init_app",
     "open_store",
 ]
 
@@ -172,6 +177,21 @@ class Store(Protocol):
 
     def close(self) -> None:
         """Release connections."""
+
+
+_EXTENSION = "miso-adapter.store"
+
+
+def init_app(app: Flask) -> None:
+    """Open the app's store (``ADAPTER_STORE``); :func:`current` returns it."""
+    app.extensions[_EXTENSION] = open_store(app.config["ADAPTER_STORE"])
+
+
+def current(app: Flask | None = None) -> Store:
+    """The store of ``app`` (default: the app handling this request)."""
+    if app is None:
+        from flask import current_app as app
+    return app.extensions[_EXTENSION]
 
 
 def anonymous_in(store: Store) -> Callable[[list[str]], Iterable[str]]:

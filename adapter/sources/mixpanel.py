@@ -1,14 +1,10 @@
-"""Mixpanel exports: stream rows from files, and normalise them into events to map.
+"""Mixpanel export rows: the source, and the normaliser that gives them plain fields.
 
-Reading (constant memory whatever the file size):
-
-* raw export JSON Lines (``{"event": ..., "properties": {...}}`` per line),
-* a JSON array of such rows (parsed incrementally with ijson),
-* Data Pipelines JSON (``event_name``, ``distinct_id``, ``device_id``, ``user_id``,
-  ``insert_id``, ``time``, ``properties``), one per line or in an array,
-* each plain or gzip, recognised by content, not by name.
-
-A malformed line is yielded as a :class:`~adapter.reader.ReadError` with its location.
+:class:`MixpanelSource` reads raw-export rows (``{"event": ..., "properties": {...}}``)
+and Data Pipelines rows (``event_name``, ``distinct_id``, ``device_id``, ``user_id``,
+``insert_id``, ``time``, ``properties``), one per line or in a JSON array, each file
+plain or gzip (:mod:`adapter.sources.inputs` and :mod:`~adapter.sources.jsonvalues` read
+them, in constant memory).
 
 Normalising (:class:`Normalizer`) applies Mixpanel's own semantics once, so the YAML
 table maps plain fields: hot-shard rows restored from their originals; ``time`` in
@@ -23,30 +19,29 @@ link; system properties stripped; and the dedup key Mixpanel itself uses.
 from __future__ import annotations
 
 import functools
-import gzip
 import hashlib
-import io
 import re
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import IO, Any, NamedTuple
+from typing import IO, Any, ClassVar, NamedTuple
 from zoneinfo import ZoneInfo
 
-import ijson
 import orjson
 
 from adapter import values
-from adapter.reader import ReadError
+from adapter.identity import Link
+from adapter.sources import OUTSIDE, BaseSource, Item, Window
+from adapter.sources.inputs import UNREADABLE, open_path
+from adapter.sources.jsonvalues import read_values
 
 __all__ = [
     "NOT_AN_EVENT",
     "NOT_AN_OBJECT",
+    "MixpanelSource",
     "Normalizer",
     "identity_rows",
-    "iter_rows",
-    "open_export",
 ]
 
 DEVICE_PREFIX = "$device:"
@@ -68,9 +63,6 @@ _SYSTEM = frozenset(
     }
 )  # fmt: skip
 _SYSTEM_PREFIXES = ("$mp_api_",)
-_GZIP_MAGIC = b"\x1f\x8b"
-MAX_DEPTH = 64  # deepest nesting accepted in a JSON-array export (rows are a few levels)
-_BOM = b"\xef\xbb\xbf"
 _MS_THRESHOLD = 1e11
 _IDENTITY_NAMES = re.compile(rb'"\$(?:identify|create_alias|merge)"')
 _SETTLE_AT = 1000  # undecided events held at most, for callers that never call settle()
@@ -91,59 +83,22 @@ class _Pending(NamedTuple):
 # --------------------------------------------------------------------------- reading
 
 
-def open_export(path: str | Path) -> tuple[IO[bytes], IO[bytes]]:
-    """Open an export for reading; gzip is recognised by its magic bytes.
-
-    Returns (the decoded stream, the raw file): progress is the raw file's position.
-    """
-    raw = open(path, "rb")  # noqa: SIM115 - returned to the caller, who closes it
-    head = raw.read(2)
-    raw.seek(0)
-    if head == _GZIP_MAGIC:
-        return gzip.GzipFile(fileobj=raw, mode="rb"), raw
-    return raw, raw
-
-
-def iter_rows(stream: IO[bytes], name: str) -> Iterator[tuple[str, Any]]:
-    """Yield ``(where, row)`` for each row of an export: JSON Lines or one JSON array.
-
-    ``where`` is ``file:line`` (JSON Lines) or ``file item N`` (array); an unreadable
-    line yields a ReadError in place of the row, and reading goes on.
-    """
-    buffered = io.BufferedReader(stream) if not isinstance(stream, io.BufferedReader) else stream
-    if buffered.peek(3)[:3] == _BOM:
-        buffered.read(3)  # editors on Windows save one; no JSON parser accepts it
-    head = buffered.peek(64).lstrip(b" \t\r\n")
-    if head.startswith(b"["):
-        yield from _array_rows(buffered, name)
-        return
-    for number, line in enumerate(buffered, start=1):
-        if not line.strip():
-            continue
-        try:
-            yield f"{name}:{number}", orjson.loads(line)
-        except orjson.JSONDecodeError as exc:
-            yield f"{name}:{number}", ReadError(f"invalid JSON: {exc}")
-
-
 def identity_rows(stream: IO[bytes], name: str) -> Iterator[Any]:
-    """The identity rows (``$identify``, ``$create_alias``, ``$merge``) of an export.
+    """The identity rows (``$identify``, ``$create_alias``, ``$merge``) of an export
+    (a buffered, decoded stream).
 
     A quick pass: of JSON Lines, only lines that name an identity event are parsed; a
     JSON array is read whole, row by row. Unreadable rows are passed over (the full
     read reports them).
     """
-    buffered = io.BufferedReader(stream) if not isinstance(stream, io.BufferedReader) else stream
-    if buffered.peek(3)[:3] == _BOM:
-        buffered.read(3)
-    if buffered.peek(64).lstrip(b" \t\r\n").startswith(b"["):
-        for _, row in _array_rows(buffered, name):
+    if stream.peek(64).lstrip(b" \t\r\n").startswith(b"["):  # type: ignore[attr-defined]
+        for _, row in read_values(stream, name):
             if isinstance(row, dict) and (row.get("event") or row.get("event_name")) in (
                 IDENTITY_EVENTS
             ):
                 yield row
         return
-    for line in _lines_naming(buffered, _IDENTITY_NAMES):
+    for line in _lines_naming(stream, _IDENTITY_NAMES):
         try:
             yield orjson.loads(line)
         except orjson.JSONDecodeError:
@@ -180,44 +135,6 @@ def _matching_lines(block: bytes, pattern: re.Pattern[bytes]) -> Iterator[bytes]
             return
 
 
-def _array_rows(stream: IO[bytes], name: str) -> Iterator[tuple[str, Any]]:
-    """Rows of a JSON array, built from ijson's prefix-free events with a depth limit.
-
-    ``ijson.items`` keeps a prefix string per nesting level, so memory grows with the
-    square of the depth: a 60 KB body nested 30,000 deep took 2 GB. Export rows are a
-    few levels deep; anything past MAX_DEPTH is refused.
-    """
-    index = depth = 0
-    builder: ijson.common.ObjectBuilder | None = None
-    events = ijson.basic_parse(stream, use_float=True)
-    try:
-        first = next(events, None)
-        if first is None or first[0] != "start_array":
-            yield f"{name}", ReadError("invalid JSON array: expected '['")
-            return
-        for event, value in events:
-            if event in ("start_map", "start_array"):
-                depth += 1
-                if depth > MAX_DEPTH:
-                    yield (f"{name} item {index + 1}",
-                           ReadError(f"nested deeper than {MAX_DEPTH} levels"))  # fmt: skip
-                    return
-            elif event in ("end_map", "end_array"):
-                if depth == 0:
-                    return  # the end of the top-level array
-                depth -= 1
-            if builder is None:
-                builder = ijson.common.ObjectBuilder()
-            builder.event(event, value)
-            if depth == 0:
-                index += 1
-                yield f"{name} item {index}", builder.value
-                builder = None
-    except ijson.JSONError as exc:
-        # An array cannot be resynchronised after a syntax error: report where, stop.
-        yield f"{name} after item {index}", ReadError(f"invalid JSON array: {exc}")
-
-
 # --------------------------------------------------------------------------- normalising
 
 
@@ -226,8 +143,8 @@ class Normalizer:
 
     ``time_offset`` (hours, e.g. ``-8``) or ``timezone`` (e.g. ``America/Los_Angeles``,
     DST-aware) undo the local-time storage of projects created before 2023, whose
-    exported ``time`` is local wall-clock time written as if it were UTC. ``since`` and
-    ``until`` (aware datetimes) keep events in ``[since, until)``.
+    exported ``time`` is local wall-clock time written as if it were UTC. ``window`` keeps
+    events whose true time is in it.
     """
 
     def __init__(
@@ -235,8 +152,7 @@ class Normalizer:
         *,
         time_offset: float | None = None,
         timezone: str | None = None,
-        since: datetime | None = None,
-        until: datetime | None = None,
+        window: Window | None = None,
         known_anonymous: Callable[[list[str]], Iterable[str]] | None = None,
         cache_size: int = 200_000,
     ) -> None:
@@ -246,8 +162,7 @@ class Normalizer:
             raise ValueError(f"a time offset is between -24 and 24 hours, not {time_offset:g}")
         self._offset = time_offset * 3600 if time_offset is not None else 0.0
         self._zone = ZoneInfo(timezone) if timezone else None
-        self._since = since.timestamp() if since else None
-        self._until = until.timestamp() if until else None
+        self._window = window or Window()
         # Which ids are anonymous is the store's knowledge (links from every source, run
         # and host): ``known_anonymous(ids)`` returns those of ``ids`` it holds as
         # anonymous. In front of it, a bounded cache of the anonymous ids this run has
@@ -288,10 +203,8 @@ class Normalizer:
         if epoch is None:
             # Miso would stamp it "now": wrong for history, so it is not sent.
             return None, "no valid time"
-        if (self._since is not None and epoch < self._since) or (
-            self._until is not None and epoch >= self._until
-        ):
-            return None, "outside --since/--until"
+        if self._window and not self._window.holds(epoch):
+            return None, OUTSIDE
         try:
             key = self._dedup_key(name, props, raw_time)
         except (orjson.JSONEncodeError, RecursionError):
@@ -572,3 +485,72 @@ def _from_pipeline(row: dict) -> dict:
         if row.get(field) not in (None, ""):
             props[prop] = row[field]
     return {"event": row.get("event_name"), "properties": props}
+
+
+# --------------------------------------------------------------------------- the source
+
+
+class MixpanelSource(BaseSource):
+    """Rows of Mixpanel exports, normalised (see :class:`Normalizer`) and keyed by
+    Mixpanel's own event identity."""
+
+    name: ClassVar[str] = "mixpanel"
+    table: ClassVar[str | None] = "mixpanel"
+    options: ClassVar[tuple[str, ...]] = ("time_offset", "timezone")
+    describes: ClassVar[str] = "Mixpanel export rows"
+    expected: ClassVar[str] = "Mixpanel export rows"
+    unit: ClassVar[str] = "Mixpanel rows"
+
+    def __init__(
+        self,
+        *,
+        window: Window | None = None,
+        time_offset: float | None = None,
+        timezone: str | None = None,
+    ) -> None:
+        self.normalizer = Normalizer(time_offset=time_offset, timezone=timezone, window=window)
+
+    def items(self, where: str, value: Any) -> tuple[Item]:
+        key, event = self.normalizer(value)
+        return (Item(where, key, event),)
+
+    def end_chunk(self) -> None:
+        self.normalizer.settle()
+
+    def not_of_this_source(self, skipped: Mapping[str, int], received: int) -> str | None:
+        not_events = sum(n for reason, n in skipped.items() if reason.startswith(NOT_AN_EVENT))
+        if not_events != received:
+            return None
+        if skipped.get(NOT_AN_OBJECT, 0) == not_events:
+            return "no Mixpanel events in the body: expected JSON objects as rows"
+        return (
+            "no Mixpanel events in the body: rows need an event name ('event' or "
+            "'event_name') and their properties"
+        )
+
+    def use_anonymous_lookup(self, known: Callable[[list[str]], Iterable[str]]) -> None:
+        if self.normalizer.known_anonymous is None:
+            self.normalizer.known_anonymous = known
+
+    def prepare(self, paths: Sequence[Path], learn: Callable[[list[Link]], None] | None) -> None:
+        """Learn the links of every identity row first, so no row is read before its link.
+
+        A device's rows come before its sign-in, so a single pass would take its id for a
+        user's. The normaliser remembers the anonymous side; ``learn`` also stores the
+        links, so the store knows them beyond the normaliser's memory.
+        """
+        for path in paths:
+            links: list[Link] = []
+            try:
+                with open_path(path) as source:
+                    for row in identity_rows(source.stream, source.name):
+                        pair = self.normalizer.learn(row)
+                        if pair is not None and learn is not None:
+                            links.append(Link(*pair))
+                            if len(links) >= 1000:
+                                learn(links)
+                                links = []
+            except (OSError, *UNREADABLE):
+                pass  # a damaged file is reported, located, by the full read that follows
+            if links and learn is not None:
+                learn(links)

@@ -1,10 +1,14 @@
-"""Segment envelopes: the shapes Segment delivers messages in, unwrapped to messages.
+"""Segment messages: the source, its envelopes, and webhook signatures.
 
 Segment sends one message per request (Webhooks classic, Actions unbatched), a bare
 JSON array of messages (Webhooks (Actions) with batching), or — through its HTTP
 Tracking API — ``{"batch": [...], "context": ..., "integrations": ...}`` whose
-top-level ``context``/``integrations`` merge into every item. Nothing here is
-Miso-specific: the mapping table turns messages into records.
+top-level ``context``/``integrations`` merge into every item. Its Amazon S3 and Google
+Cloud Storage destinations archive the same messages as gzip JSON Lines, one message
+per line. :class:`SegmentSource` reads all of these; a message's ``messageId`` is its
+dedup key, so a message delivered twice (a retry, a redelivered archive line, a webhook
+and then the archive) is stored once. Nothing here is Miso-specific: the mapping table
+turns messages into records.
 """
 
 from __future__ import annotations
@@ -14,11 +18,26 @@ import hashlib
 import hmac
 import json
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from datetime import datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, ClassVar
 
-__all__ = ["iter_messages", "js_stringify", "json_type", "signature_ok"]
+from adapter import values
+from adapter.sources import OUTSIDE, BaseSource, Item, Window
+
+__all__ = [
+    "NOT_SEGMENT",
+    "SegmentSource",
+    "dedup_key",
+    "iter_messages",
+    "js_stringify",
+    "json_type",
+    "signature_ok",
+]
+
+#: The skip reason (a prefix) of a value that is not a Segment message.
+NOT_SEGMENT = "not a Segment message"
 
 _TYPE_NAMES = {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null"}
 
@@ -149,3 +168,54 @@ def signature_ok(secret: str, raw: bytes, body: Any, header: str | None) -> bool
         # Evaluate every candidate: the time taken does not depend on which one matched.
         valid |= hmac.compare_digest(expected, given)
     return valid
+
+
+# --------------------------------------------------------------------------- the source
+
+
+def dedup_key(message: dict) -> str | None:
+    """``segment:<messageId>``; None when the message has none (it cannot be deduplicated)."""
+    message_id = message.get("messageId")
+    if isinstance(message_id, str) and message_id.strip():
+        return f"segment:{message_id}"
+    return None
+
+
+def event_time(message: dict) -> float | None:
+    """The message's own time: ``timestamp`` (Segment's, corrected for the device's clock),
+    else ``originalTimestamp``, else when Segment received it; epoch seconds."""
+    for field in ("timestamp", "originalTimestamp", "receivedAt"):
+        stamp = values.to_timestamp(message.get(field))
+        if stamp is not None:
+            return datetime.fromisoformat(stamp).timestamp()
+    return None
+
+
+class SegmentSource(BaseSource):
+    """Segment messages in any envelope Segment uses, or archived one per line."""
+
+    name: ClassVar[str] = "segment"
+    table: ClassVar[str | None] = "segment"
+    describes: ClassVar[str] = "Segment messages"
+    expected: ClassVar[str] = "Segment messages, one JSON object per line"
+    unit: ClassVar[str] = "Segment messages"
+
+    def __init__(self, *, window: Window | None = None) -> None:
+        self.window = window or Window()
+
+    def not_of_this_source(self, skipped: Mapping[str, int], received: int) -> str | None:
+        if received == sum(n for reason, n in skipped.items() if reason.startswith(NOT_SEGMENT)):
+            return "no Segment messages in the body: expected JSON objects with a 'type'"
+        return None
+
+    def items(self, where: str, value: Any) -> list[Item]:
+        """One item per message of ``value`` (a message, an array, or a batch)."""
+        out = []
+        for place, message, problem in iter_messages(where, value):
+            if message is None:
+                out.append(Item(place, None, f"{NOT_SEGMENT}: {problem}"))
+            elif self.window and not self.window.holds(event_time(message) or -1.0):
+                out.append(Item(place, None, OUTSIDE))
+            else:
+                out.append(Item(place, dedup_key(message), message))
+        return out
