@@ -10,6 +10,10 @@ Rows (NAME for --only), all on data generated here, deterministically:
   parse + build a minimal record + serialise of each line (``bench/replay.py``);
 * ``replay``: ``miso-adapter replay mixpanel`` of the same file into a fresh SQLite store
   and a ``FakeMiso(validate=False)``, until delivered; same floor;
+* ``segment-dry-run``: ``miso-adapter replay segment --dry-run --output /dev/null`` of one
+  plain JSON Lines file of 1,000,000 Segment messages (``bench/segment_archive.py``: the
+  lines of a web, iOS and backend S3 archive, 2% redelivered), one process; floor: orjson
+  parse + build a minimal record + serialise of each line (``bench/replay.py``);
 * ``webhook``: ``miso-adapter serve --workers 2`` taking signed single-message Segment
   webhooks from 16 keep-alive clients (``bench/webhook.py``); floor: a bare Flask
   endpoint on the same gunicorn settings;
@@ -62,9 +66,9 @@ sys.path.insert(1, str(BENCH.parent))
 import drain  # noqa: E402
 import replay  # noqa: E402
 import webhook  # noqa: E402
-from common import BenchError, CountingMiso, Run, median  # noqa: E402
+from common import BenchError, CountingMiso, Run, median, number  # noqa: E402
 
-ROWS = ("dry-run", "replay", "webhook", "actions", "drain")
+ROWS = ("dry-run", "replay", "segment-dry-run", "webhook", "actions", "drain")
 BUDGET = 555.0  # seconds: 9.25 minutes, so a default full run ends within 10
 MAX_RUNS = 3
 # "Flat" peak RSS from the smallest to the largest dry run: at most this much growth.
@@ -77,6 +81,7 @@ class Sizes:
 
     lines: int  # Mixpanel export lines (dry-run, replay)
     scaling: tuple[int, ...]  # smaller dry runs for the curve (the full one is `lines`)
+    messages: int  # Segment messages (segment-dry-run)
     records: int  # spool records (drain)
     seconds: float  # measured seconds per server (webhook, actions)
     warmup: float
@@ -88,6 +93,7 @@ class Sizes:
 FULL = Sizes(
     lines=1_000_000,
     scaling=(10_000, 100_000),
+    messages=1_000_000,
     records=1_000_000,
     seconds=10,
     warmup=2,
@@ -97,6 +103,7 @@ FULL = Sizes(
 QUICK = Sizes(
     lines=20_000,
     scaling=(2_000, 10_000),
+    messages=20_000,
     records=20_000,
     seconds=2,
     warmup=1,
@@ -171,6 +178,12 @@ def make_rows(sizes: Sizes) -> dict[str, Row]:
         "replay": Row(
             "replay", f"replay into FakeMiso, {sizes.lines:,} lines", "time", ">= 40,000/s"
         ),
+        "segment-dry-run": Row(
+            "segment-dry-run",
+            f"replay segment --dry-run, {sizes.messages:,}",
+            "time",
+            ">= 60,000/s, <= 3.5x floor time",
+        ),
         "webhook": Row(
             "webhook", "serve: single-message webhooks", "rate", ">= 0.6x floor rate, p99 <= 25 ms"
         ),
@@ -222,6 +235,7 @@ class Context:
     folder: Path
     miso: CountingMiso
     export: Path | None = None
+    segment: Path | None = None  # the Segment messages (segment-dry-run)
     scaling_files: list[tuple[int, Path]] = field(default_factory=list)
     template: Path | None = None
     scaling: dict[int, list[Point]] = field(default_factory=dict)
@@ -256,6 +270,12 @@ def prepare(ctx: Context, seed: int) -> None:
                 path = ctx.folder / f"export-{lines}.jsonl"
                 prefix(ctx.export, path, lines)
                 ctx.scaling_files.append((lines, path))
+    if "segment-dry-run" in ctx.selected:
+        ctx.segment = ctx.folder / "segment.jsonl"
+        say(f"generating {sizes.messages:,} Segment messages ...")
+        ctx.notes.append(
+            f"Segment messages: {replay.generate_segment(ctx.segment, sizes.messages, seed)}"
+        )
     if "drain" in ctx.selected:
         say(f"filling a spool with {sizes.records:,} records ...")
         try:
@@ -306,6 +326,21 @@ def mixpanel_rows(ctx: Context, wanted: set[str]) -> None:
             measure.detail["delivered"] = delivered
             ctx.rows["replay"].runs.append(measure)
         ctx.costs["replay"] = floor_cost + time.monotonic() - began
+
+
+def segment_row(ctx: Context) -> None:
+    """One run of the segment-dry-run row: its floor, then the dry run, on the same file."""
+    row = ctx.rows["segment-dry-run"]
+    if row.error is not None or ctx.segment is None:
+        return
+    with row_errors(row):
+        say("  Segment floor: orjson parse + build + serialise ...")
+        base, lines = replay.measure_segment_floor(ctx.segment)
+        say(f"  replay segment --dry-run, {lines:,} messages ...")
+        dry = replay.measure_segment_dry_run(ctx.segment)
+        measure = offline(lines, dry, base)
+        measure.detail["records_written"] = number(dry.stderr, "records written")
+        row.runs.append(measure)
 
 
 def offline(count: int, work: Run, base: Run) -> Measure:
@@ -397,6 +432,8 @@ def one_run(ctx: Context, wanted: list[str]) -> None:
         began = time.monotonic()
         if name in ("webhook", "actions"):
             serve_row(ctx, name)
+        elif name == "segment-dry-run":
+            segment_row(ctx)
         elif name == "drain":
             drain_row(ctx)
         else:
@@ -440,6 +477,8 @@ def judge(ctx: Context) -> None:
             row.met = rate >= 60_000 and ratio <= 3.5 and peak <= 150 and flat(ctx) is True
         elif row.name == "replay":
             row.met = rate >= 40_000
+        elif row.name == "segment-dry-run":
+            row.met = rate >= 60_000 and ratio <= 3.5
         elif row.name == "webhook":
             row.met = ratio >= 0.6 and p99 is not None and p99 <= 25
         elif row.name == "actions":
@@ -492,8 +531,8 @@ def table(ctx: Context) -> str:
         "measured).",
         "vs floor: 'x time' = the work's time over its floor's (lower is better); 'x rate' = "
         "the service's rate over the bare Flask floor's (higher is better).",
-        "events/s: input lines (Mixpanel rows), messages in 200-answered requests (serve "
-        "rows), records (drain). p50/p99: per request, serve rows.",
+        "events/s: input lines (Mixpanel rows, Segment messages), messages in 200-answered "
+        "requests (serve rows), records (drain). p50/p99: per request, serve rows.",
     ]
     if ctx.scaling:
         out += ["", "scaling: replay --dry-run --output /dev/null, one process"]

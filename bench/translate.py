@@ -29,8 +29,8 @@ import orjson
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from adapter import segment  # noqa: E402
 from adapter.mapping import load_mapping  # noqa: E402
+from adapter.sources import segment  # noqa: E402
 
 _PRODUCT = {
     "product_id": "507f1f77",

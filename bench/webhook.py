@@ -34,7 +34,7 @@ measured run use different messages.
 With ``--batch N`` (N > 1) each request is instead a Webhooks (Actions) batch: a bare JSON
 array of N such messages, every one with its own ``messageId``, written as
 ``JSON.stringify`` writes it, and ``X-Signature`` the HMAC-SHA1 of ``JSON.stringify`` of
-the first element, as Segment signs batches (``adapter.segment.signature_ok``). To keep
+the first element, as Segment signs batches (``adapter.sources.segment.signature_ok``). To keep
 a run's gigabytes of unique bodies out of memory, ``bench/wrk_requests.lua`` assembles each
 request from a pre-signed first message and one shared text of the other N-1 messages
 whose messageIds it stamps with the request's number. The default is then 8 connections,
@@ -209,7 +209,7 @@ def write_batches(heads: Path, rest: Path, count: int, batch: int, secret: str) 
     messageId holding :data:`PLACEHOLDER`. Written as ``JSON.stringify`` would (``89``,
     not ``89.0``), byte for byte what Segment sends. Returns the bytes of one request body.
     """
-    from adapter.segment import js_stringify
+    from adapter.sources.segment import js_stringify
 
     rng = random.Random(20241127)
     key = secret.encode()
