@@ -171,26 +171,38 @@ def chunks(
     ``intake`` (and given to ``report``), never fatal. The last chunk may be empty.
     """
     chunk: Chunk = []
+    append = chunk.append
     consumed = 0
     items = source.items
-    for where, value in read_values(opened.stream, opened.name):
+    values = read_values(opened.stream, opened.name)
+    for _ in range(skip):  # a resumed read: the values already stored
+        if next(values, None) is None:
+            break
         consumed += 1
-        if consumed <= skip:
-            intake.resumed_rows += 1
-            continue
-        intake.rows += 1
+        intake.resumed_rows += 1
+    # Rows read are counted at each chunk's end: an attribute write per row cost more.
+    first_row = intake.rows - consumed
+    one = source.one_event
+    for where, value in values:
+        consumed += 1
         if isinstance(value, ReadError):
             _bad(intake, report, where, value.message)
             continue
-        for item in items(where, value):
-            if isinstance(item.event, ReadError):
-                _bad(intake, report, item.where, item.event.message)
-            else:
-                chunk.append((item.key, item.event))
+        if one is not None:  # the hot path of sources whose every value is one event
+            append(one(value))
+        else:
+            for place, key, event in items(where, value):
+                if isinstance(event, ReadError):
+                    _bad(intake, report, place, event.message)
+                else:
+                    append((key, event))
         if len(chunk) >= CHUNK:
+            intake.rows = first_row + consumed
             source.end_chunk()
             yield chunk, consumed, opened.position()
             chunk = []
+            append = chunk.append
+    intake.rows = first_row + consumed
     source.end_chunk()
     yield chunk, consumed, opened.position()
 

@@ -119,6 +119,11 @@ class Source(Protocol):
     expected: ClassVar[str]
     unit: ClassVar[str]
 
+    #: For a source whose every value is exactly one event, never unusable input:
+    #: ``value -> (dedup key, event or skip reason)``, which readers call instead of
+    #: :meth:`items` (no location is formatted, no Item built: the hot path). Else None.
+    one_event: Callable[[Any], tuple[str | None, dict | str]] | None
+
     def items(self, where: str, value: Any) -> Iterable[Item]:
         """The items of one JSON value read at ``where``."""
 
@@ -172,6 +177,7 @@ class BaseSource:
     """Defaults for the optional parts of :class:`Source`."""
 
     options: ClassVar[tuple[str, ...]] = ()
+    one_event: Callable[[Any], tuple[str | None, dict | str]] | None = None
 
     def end_chunk(self) -> None:
         return None

@@ -76,14 +76,15 @@ def read_values(stream: IO[bytes], name: str = "") -> Iterator[tuple[str, Any]]:
             return
         value = ReadError(f"invalid JSON: {exc}")
     yield _line(name, number), value
+    prefix = _line(name, 0)[:-1]  # the hot loop formats locations inline
     loads, decode_error = orjson.loads, orjson.JSONDecodeError
     for raw in stream:
         number += 1
         try:
-            yield _line(name, number), loads(raw)
+            yield f"{prefix}{number}", loads(raw)
         except decode_error as exc:
             if raw.strip():
-                yield _line(name, number), ReadError(f"invalid JSON: {exc}")
+                yield f"{prefix}{number}", ReadError(f"invalid JSON: {exc}")
 
 
 def _document(data: bytes, name: str) -> Iterator[tuple[str, Any]]:

@@ -509,10 +509,11 @@ class MixpanelSource(BaseSource):
         timezone: str | None = None,
     ) -> None:
         self.normalizer = Normalizer(time_offset=time_offset, timezone=timezone, window=window)
+        # Every row is one event: readers take the normaliser's answer as it is.
+        self.one_event = self.normalizer
 
     def items(self, where: str, value: Any) -> tuple[Item]:
-        key, event = self.normalizer(value)
-        return (Item(where, key, event),)
+        return (Item(where, *self.normalizer(value)),)
 
     def end_chunk(self) -> None:
         self.normalizer.settle()
