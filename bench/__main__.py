@@ -5,7 +5,8 @@
 Rows (NAME for --only), all on data generated here, deterministically:
 
 * ``dry-run``: ``miso-adapter replay mixpanel --dry-run --output /dev/null`` of a
-  1,000,000-line export (``bench/mixpanel_export.py``), one process, with the scaling
+  1,000,000-line export (``bench/mixpanel_export.py``), one process, deduplicating within
+  the run as a replay does (no store to consult), with the scaling
   curve (the same at 10,000 and 100,000 lines: events/s and peak RSS); floor: orjson
   parse + build a minimal record + serialise of each line (``bench/replay.py``);
 * ``replay``: ``miso-adapter replay mixpanel`` of the same file into a fresh SQLite store

@@ -16,6 +16,7 @@ which the test creates and removes: run it as a user who may, on a machine witho
 
 from __future__ import annotations
 
+import gzip
 import os
 import re
 import shutil
@@ -291,7 +292,8 @@ def test_console_pages_refuse_without_the_token(browser, tmp_path):
 
 def test_import_errors_and_a_segment_file_in_the_browser(browser, tmp_path):
     """Over the size limit the page refuses before sending; a file with no events shows the
-    server's 400; a Segment JSON Lines file lands on its summary."""
+    server's 400; a gzip Segment archive file and a Miso records file land on their summaries
+    (with the invalid record named)."""
     with FakeMiso(api_key=MISO_KEY) as miso:
         service = Service(tmp_path, miso)
         service.env.update(ADAPTER_TOKEN=TOKEN, ADAPTER_MIXPANEL_MAX_MB="0.01")  # 10,485 bytes
@@ -333,6 +335,28 @@ def test_import_errors_and_a_segment_file_in_the_browser(browser, tmp_path):
             assert cell(page, "#summary-accepted") == 20
             assert "product_detail_page_view" in page.inner_text("#summary-types")
             assert len(miso.wait_for(20)) == 20
+
+            messages.with_suffix(".gz").write_bytes(gzip.compress(messages.read_bytes()))
+            page.set_input_files("#import-file", str(messages.with_suffix(".gz")))
+            page.click("#import-start")
+            page.wait_for_selector("#import-summary:not([hidden])")
+            assert cell(page, "#summary-duplicates") == 20  # the same messages, gzip'd
+
+            miso.reset()
+            records = tmp_path / "dojo.json"
+            valid = [
+                {"type": "like", "user_id": f"m-{n}", "product_ids": [f"M{n}"]} for n in range(4)
+            ]
+            bad = {"type": "like", "user_id": "m-x", "product_ids": [7]}
+            records.write_bytes(orjson.dumps({"data": [*valid[:2], bad, *valid[2:]]}))
+            page.check("input[name=source][value=miso]")
+            page.set_input_files("#import-file", str(records))
+            page.click("#import-start")
+            page.wait_for_selector("#import-summary:not([hidden])")
+            assert cell(page, "#summary-accepted") == 4
+            assert cell(page, "#summary-malformed") == 1
+            assert "data.2" in page.inner_text("#import-summary")
+            assert sorted(r["product_ids"][0] for r in miso.wait_for(4)) == ["M0", "M1", "M2", "M3"]
             page.close()
         finally:
             service.stop()
