@@ -29,6 +29,7 @@ from adapter.http import ApiError, count_ingest, http_error, persisting, token_r
 from adapter.ingest import IngestResult, ingest
 from adapter.mapping import Translator
 from adapter.sources.inputs import InputError, gunzip_bounded
+from adapter.sources.jsonvalues import parse_document
 from adapter.sources.segment import SegmentSource, json_type, signature_ok
 from adapter.store import StoreError
 from adapter.store import current as current_store
@@ -88,9 +89,9 @@ def _read_body(limit: int, allowed_types: tuple[str, ...]) -> bytes:
 
 def _parse(raw: bytes) -> Any:
     try:
-        return orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise ApiError(400, f"malformed JSON: {exc}") from None
+        return parse_document(raw)
+    except ValueError as exc:
+        raise ApiError(400, str(exc)) from None
 
 
 # --------------------------------------------------------------------------- ingestion

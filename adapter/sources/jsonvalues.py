@@ -19,7 +19,7 @@ from typing import IO, Any
 import ijson
 import orjson
 
-__all__ = ["MAX_DEPTH", "ReadError", "read_values"]
+__all__ = ["MAX_DEPTH", "ReadError", "parse_document", "read_values"]
 
 MAX_DEPTH = 64  # deepest nesting accepted in a JSON array (events are a few levels deep)
 
@@ -34,6 +34,15 @@ class ReadError:
 
     def __repr__(self) -> str:
         return f"ReadError({self.message!r})"
+
+
+def parse_document(data: bytes) -> Any:
+    """One JSON document held whole (a webhook body, signed over its exact bytes);
+    ValueError saying where it is malformed."""
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise ValueError(f"malformed JSON: {exc}") from None
 
 
 def _line(name: str, number: int) -> str:
