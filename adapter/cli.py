@@ -14,10 +14,10 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
-from zoneinfo import ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import orjson
 
@@ -98,6 +98,8 @@ def _source(args: argparse.Namespace) -> Source | None:
     try:
         window = Window.parse(getattr(args, "since", None), getattr(args, "until", None))
         options = time_options if args.source == "mixpanel" else {}
+        if args.source == "mixpanel" and args.time_offset is None and not args.project_timezone:
+            options["timezone"] = os.environ.get("MIXPANEL_PROJECT_TIMEZONE") or None
         return make_source(args.source, window=window, **options)
     except (ValueError, OverflowError, ZoneInfoNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -225,12 +227,21 @@ def _replay_args(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "files",
-        nargs="+",
+        nargs="*",
         type=Path,
         metavar="PATH",
         help="files (JSON Lines, a JSON array or one document; plain or gzip, recognised by "
         "content) or directories, read recursively in name order",
     )
+    api = parser.add_argument_group(
+        "Mixpanel's Export API (instead of files; MIXPANEL_PROJECT_ID, MIXPANEL_SERVICE_ACCOUNT, "
+        "MIXPANEL_REGION or MIXPANEL_EXPORT_URL)"
+    )
+    api.add_argument("--from-api", action="store_true", help="pull the days from Mixpanel")
+    api.add_argument("--from-date", metavar="DAY", help="the first day (YYYY-MM-DD), inclusive")
+    api.add_argument("--to-date", metavar="DAY", help="the last day, inclusive (default: today)")
+    api.add_argument("--days-per-request", type=int, default=1, metavar="N",
+                     help="days each request asks for (default 1)")  # fmt: skip
     parser.add_argument(
         "--dry-run",
         action="store_true",
@@ -250,7 +261,10 @@ def _replay_args(parser: argparse.ArgumentParser) -> None:
         "--until", metavar="DATE", help="only events before this time, or on or before this date"
     )
     parser.add_argument(
-        "--resume", action="store_true", help="continue each file after its last stored chunk"
+        "--resume",
+        action="store_true",
+        help="continue each file after its last stored chunk; with --from-api, fetch only "
+        "the days not complete yet",
     )
     parser.add_argument("--mappings", metavar="DIR", help="mapping folder (default: MAPPINGS_DIR)")
     _time_args(parser)
@@ -260,16 +274,29 @@ def _replay(args: argparse.Namespace) -> int:
     from adapter.replay import forwarder_child, replay
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    missing = [str(p) for p in args.files if not p.exists()]
-    if missing:
-        print(f"error: no such file or directory: {', '.join(missing)}", file=sys.stderr)
-        return 1
     if args.output is not None and not args.dry_run:
         print("error: --output goes with --dry-run", file=sys.stderr)
         return 2
     source = _source(args)
     if source is None:
         return 2
+    if args.from_api:
+        inputs: list[Any] | None = _export_ranges(args)
+        if inputs is None:
+            return 2
+    else:
+        if not args.files:
+            print("error: give files or folders to replay (or --from-api for Mixpanel)",
+                  file=sys.stderr)  # fmt: skip
+            return 2
+        if args.from_date or args.to_date:
+            print("error: --from-date and --to-date go with --from-api", file=sys.stderr)
+            return 2
+        missing = [str(p) for p in args.files if not p.exists()]
+        if missing:
+            print(f"error: no such file or directory: {', '.join(missing)}", file=sys.stderr)
+            return 1
+        inputs = args.files
     translator = _translator(source, mappings_dir(args.mappings))
     if translator is None:
         return 1
@@ -282,7 +309,7 @@ def _replay(args: argparse.Namespace) -> int:
             print(f"note: {exc}: duplicates are dropped within these files only", file=sys.stderr)
         output = args.output.open("wb") if args.output else sys.stdout.buffer
         try:
-            summary = replay(source, args.files, translator=translator, store=seen, dedup_ttl=0,
+            summary = replay(source, inputs, translator=translator, store=seen, dedup_ttl=0,
                              dry_run=True, output=output)  # fmt: skip
         except StoreError as exc:
             print(f"error: {exc}", file=sys.stderr)
@@ -294,7 +321,7 @@ def _replay(args: argparse.Namespace) -> int:
                 seen.close()
         for line in summary.lines(dry_run=True):
             print(line, file=sys.stderr)
-        return 1 if summary.malformed else 0
+        return 1 if summary.malformed or summary.failed else 0
     if not config.MISO_API_KEY:
         print(
             "error: MISO_API_KEY is not set: set it, or use --dry-run to see the records",
@@ -305,7 +332,7 @@ def _replay(args: argparse.Namespace) -> int:
         store = open_store(config.ADAPTER_STORE)
         summary = replay(
             source,
-            args.files,
+            inputs,
             translator=translator,
             store=store,
             dedup_ttl=config.DEDUP_HOURS * 3600,
@@ -317,7 +344,133 @@ def _replay(args: argparse.Namespace) -> int:
         return 1
     for line in summary.lines(dry_run=False):
         print(line, file=sys.stderr)
-    return 1 if summary.malformed or (summary.end_stats or {}).get("spool") else 0
+    spool = (summary.end_stats or {}).get("spool")
+    return 1 if summary.malformed or summary.failed or spool else 0
+
+
+def _export_ranges(args: argparse.Namespace) -> list[Any] | None:
+    """The day ranges of ``--from-api``, or None after a usage error."""
+    from adapter.sources.mixpanel_api import ExportClient, ExportRange, ExportSettings, day_ranges
+
+    if args.source != "mixpanel":
+        print("error: --from-api is for Mixpanel", file=sys.stderr)
+        return None
+    if args.files:
+        print("error: give files or --from-api, not both", file=sys.stderr)
+        return None
+    try:
+        settings = ExportSettings.from_env()
+        if not args.from_date:
+            raise ValueError("--from-api needs --from-date (and --to-date, default today)")
+        first = date.fromisoformat(args.from_date)
+        last = date.fromisoformat(args.to_date) if args.to_date else project_today(args)
+        ranges = day_ranges(first, last, args.days_per_request)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return None
+    client = ExportClient(settings)
+    return [ExportRange(client, a, b) for a, b in ranges]
+
+
+def project_today(args: argparse.Namespace) -> date:
+    """Today in the project's timezone (the days of a pre-2023 project are local ones)."""
+    zone = args.project_timezone or os.environ.get("MIXPANEL_PROJECT_TIMEZONE") or None
+    if zone:
+        return datetime.now(ZoneInfo(zone)).date()
+    if args.time_offset is not None:
+        return (datetime.now(UTC) + timedelta(hours=args.time_offset)).date()
+    return datetime.now(UTC).date()
+
+
+def _duration(text: str) -> float:
+    """``900``, ``90s``, ``15m``, ``1h``: seconds."""
+    units = {"s": 1, "m": 60, "h": 3600}
+    value = text.strip().lower()
+    try:
+        if value and value[-1] in units:
+            return float(value[:-1]) * units[value[-1]]
+        return float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a duration: {text!r} (e.g. 15m, 900, 1h)") from None
+
+
+def _sync_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("source", choices=["mixpanel"], help="what to pull (Mixpanel's Export API)")
+    parser.add_argument(
+        "--start",
+        metavar="DAY",
+        help="the first day, for a store with no cursor yet (default today)",
+    )
+    parser.add_argument("--lookback-days", type=int, metavar="N",
+                        default=int(os.environ.get("MIXPANEL_SYNC_LOOKBACK_DAYS") or 5),
+                        help="days before the cursor pulled again each cycle, for late events "
+                        "(default 5)")  # fmt: skip
+    parser.add_argument("--every", type=_duration, metavar="DURATION",
+                        default=_duration(os.environ.get("MIXPANEL_SYNC_EVERY") or "15m"),
+                        help="the time between cycles: 900, 15m, 1h (default 15m)")  # fmt: skip
+    parser.add_argument("--days-per-request", type=int, default=1, metavar="N",
+                        help="days each request asks for (default 1)")  # fmt: skip
+    parser.add_argument("--once", action="store_true", help="one cycle, then exit")
+    parser.add_argument("--store-only", action="store_true",
+                        help="store what is pulled and leave sending to a running forwarder "
+                        "(serve runs the sync so)")  # fmt: skip
+    parser.add_argument("--mappings", metavar="DIR", help="mapping folder (default: MAPPINGS_DIR)")
+    _time_args(parser)
+
+
+def _sync(args: argparse.Namespace) -> int:
+    from adapter.replay import forwarder_child
+    from adapter.sources.mixpanel_api import ExportClient, ExportSettings
+    from adapter.sync import Sync, check_cadence
+
+    _logging()
+    config = Config()
+    try:
+        settings = ExportSettings.from_env()
+        start = date.fromisoformat(args.start) if args.start else None
+        check_cadence(args.lookback_days, args.days_per_request, args.every, config.DEDUP_HOURS)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2 if "--" in str(exc) else 1
+    args.since = args.until = None
+    first_source = _source(args)
+    if first_source is None:
+        return 2
+    translator = _translator(first_source, mappings_dir(args.mappings))
+    if translator is None:
+        return 1
+    if not args.store_only and not config.MISO_API_KEY:
+        print("error: MISO_API_KEY is not set: set it, or use --store-only beside a running "
+              "forwarder", file=sys.stderr)  # fmt: skip
+        return 1
+    try:
+        store = open_store(config.ADAPTER_STORE)
+        store.ping()
+    except StoreError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    sync = Sync(
+        client=ExportClient(settings),
+        store=store,
+        make_source=lambda: _source(args),  # type: ignore[arg-type, return-value]
+        translator=translator,
+        today=lambda: project_today(args),
+        dedup_ttl=config.DEDUP_HOURS * 3600,
+        lookback_days=args.lookback_days,
+        every=args.every,
+        days_per_request=args.days_per_request,
+        start=start,
+        forwarder=(lambda: None) if args.store_only else forwarder_child,
+        errors=sys.stderr,
+    )
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    logging.getLogger("adapter.sync").info(
+        "syncing Mixpanel project %s every %g s (lookback %d days)",
+        settings.project_id, args.every, args.lookback_days,
+    )  # fmt: skip
+    return sync.run(stop, once=args.once)
 
 
 def _summary(counts: Counter[str]) -> int:
@@ -598,6 +751,11 @@ _COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Calla
         "replay files into Miso: replay segment|mixpanel|miso PATH... [options]",
         _replay_args,
         _replay,
+    ),
+    "sync": (
+        "pull Mixpanel's Export API on a schedule: sync mixpanel [--once] [options]",
+        _sync_args,
+        _sync,
     ),
     "identity": (
         "what an id is linked to: identity show ID [--json]",

@@ -324,6 +324,7 @@ def overview_data() -> dict[str, Any]:
     miso = store.get_status(MISO_STATUS)
     for link in links["recent"]:
         link["linked_at"] = _when(link["linked_at"])
+    sync = _sync(store)
     return {
         "generated_at": _when(time.time()),
         "ready": ready,
@@ -334,6 +335,26 @@ def overview_data() -> dict[str, Any]:
         "dead_letters": dead,
         "links": links,
         "mappings": _mappings(),
+        "sync": sync,
+    }
+
+
+def _sync(store: Any) -> dict[str, Any] | None:
+    """The Mixpanel Export API sync of ``MIXPANEL_PROJECT_ID``, when one has run: its cursor,
+    its last cycle (window, rows pulled, new and duplicate, error) and its next run."""
+    project = os.environ.get("MIXPANEL_PROJECT_ID", "").strip()
+    status = store.get_status(f"mixpanel-sync:{project}") if project else None
+    if not status:
+        return None
+    cycle = dict(status.get("last_cycle") or {})
+    for name in ("started_at", "ended_at"):
+        cycle[name] = _when(cycle.get(name))
+    return {
+        "project": project,
+        "cursor": status.get("cursor"),
+        "cycle": cycle,
+        "last_success": _when(status.get("last_success_at")),
+        "next_run": _when(status.get("next_run_at")),
     }
 
 

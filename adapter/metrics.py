@@ -32,6 +32,7 @@ import logging
 import os
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -126,6 +127,13 @@ class _Metrics:
             "mapping_reloads", "Mapping tables reloaded from disk, by outcome",
             ("table", "outcome"),
         )  # fmt: skip
+        self.sync_cycles = counter(
+            "sync_cycles", "Cycles of the Mixpanel Export API sync, by outcome", ("outcome",)
+        )
+        self.sync_rows = counter(
+            "sync_rows", "Rows the sync pulled: new (stored) or duplicate (pulled again)",
+            ("kind",),
+        )  # fmt: skip
         self.miso_seconds = Histogram(
             "miso_adapter_miso_request_seconds",
             "Time of a request to Miso's Interactions API, by outcome",
@@ -136,6 +144,7 @@ class _Metrics:
         self.all = (
             self.received, self.accepted, self.duplicates, self.skipped, self.records,
             self.forwarded, self.retried, self.dead_lettered, self.reloads, self.miso_seconds,
+            self.sync_cycles, self.sync_rows,
         )  # fmt: skip
         self.reasons: set[str] = set()
 
@@ -229,6 +238,14 @@ def count_reload(table: str, outcome: str) -> None:
     _m().reloads.labels(table, outcome).inc()
 
 
+def count_sync(report: dict) -> None:
+    """One cycle of the Mixpanel sync: its outcome and the rows it pulled."""
+    m = _m()
+    m.sync_cycles.labels("ok" if report.get("ok") else "failed").inc()
+    m.sync_rows.labels("new").inc(report.get("new", 0))
+    m.sync_rows.labels("duplicate").inc(report.get("duplicates", 0))
+
+
 # --------------------------------------------------------------------------- scraping
 
 
@@ -255,6 +272,7 @@ class _StoreCollector:
             return
         up.add_metric([], 1)
         yield up
+        yield from _sync_gauges(self.store)
         for name, key, doc in (
             ("spool_depth", "spool", "Items waiting in the spool (in flight and retries included)"),
             ("spool_oldest_age_seconds", "oldest_age", "Age of the oldest item in the spool"),
@@ -263,6 +281,29 @@ class _StoreCollector:
             gauge = GaugeMetricFamily(f"miso_adapter_{name}", doc)
             gauge.add_metric([], float(stats.get(key) or 0))
             yield gauge
+
+
+def _sync_gauges(store: Store) -> Iterator[Metric]:
+    """Seconds since each syncing project's last successful cycle (when one syncs)."""
+    from prometheus_client.core import GaugeMetricFamily
+
+    from adapter.store import StoreError
+
+    project = os.environ.get("MIXPANEL_PROJECT_ID", "").strip()
+    if not project:
+        return
+    try:
+        status = store.get_status(f"mixpanel-sync:{project}")
+    except StoreError:
+        return
+    if not status or not status.get("last_success_at"):
+        return
+    gauge = GaugeMetricFamily(
+        "miso_adapter_sync_last_success_age_seconds",
+        "Seconds since the Mixpanel sync's last successful cycle",
+    )
+    gauge.add_metric([], max(0.0, time.time() - float(status["last_success_at"])))
+    yield gauge
 
 
 class _Own:

@@ -25,7 +25,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 from adapter.activity import Activity
 from adapter.forwarder import Forwarder, refusal
@@ -33,7 +33,7 @@ from adapter.identity import Link
 from adapter.ingest import SHOWN_ERRORS, Intake, chunks, ingest_chunks
 from adapter.mapping import Translator
 from adapter.sources import Source
-from adapter.sources.inputs import UNREADABLE, open_path
+from adapter.sources.inputs import UNREADABLE, Input, InputFailed, open_path
 from adapter.store import Incoming, Store, anonymous_in
 from adapter.supervise import Child, forwarder_command
 
@@ -50,14 +50,18 @@ __all__ = [
 log = logging.getLogger("adapter.replay")
 
 MAX_SPOOL = 50_000  # records waiting for Miso before reading pauses (backpressure)
+REREADS = 5  # times a whole input cut off midway is read, in all, before the run stops
 
 
 @dataclass
 class ReplaySummary(Intake):
     """What a replay did, for the final report."""
 
-    files: int = 0
+    files: int = 0  # inputs read (files, or ranges of days of an export API)
+    kind: str = "file(s)"  # what they are, for the summary
     not_read: list[str] = field(default_factory=list)  # files passed over, with why
+    resumed_inputs: int = 0  # whole inputs a checkpoint marked complete: not read again
+    failed: str = ""  # why reading stopped early (an input refused or cut off for good)
     records_out: int = 0  # dry run: records written
     delivered_wait: str = ""  # how the wait for delivery ended
     start_stats: dict[str, Any] | None = None  # the store before the replay
@@ -66,11 +70,17 @@ class ReplaySummary(Intake):
     def lines(self, *, dry_run: bool) -> list[str]:
         """The human summary printed at the end."""
         r = self.result
-        out = [f"read {self.rows:,} rows from {self.files} file(s); {self.malformed:,} malformed"]
+        out = [
+            f"read {self.rows:,} rows from {self.files} {self.kind}; {self.malformed:,} malformed"
+        ]
         if self.not_read:
             out.append(f"files not read: {len(self.not_read):,}")
         if self.resumed_rows:
             out.append(f"resumed: {self.resumed_rows:,} rows already done were skipped")
+        if self.resumed_inputs:
+            out.append(f"resumed: {self.resumed_inputs:,} inputs already complete were skipped")
+        if self.failed:
+            out.append(f"STOPPED: {self.failed}")
         if dry_run:
             out.append(
                 f"records written: {self.records_out:,}   duplicates: {r.duplicates:,} "
@@ -101,6 +111,46 @@ def checkpoint_name(path: Path) -> str:
     stat = path.stat()
     identity = f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
     return "replay:" + hashlib.sha1(identity.encode()).hexdigest()[:16]
+
+
+class ReplayInput(Protocol):
+    """What a replay reads: a file, or a range of days of Mixpanel's Export API."""
+
+    #: Shown in messages and the progress bar.
+    name: str
+    #: The status name of its checkpoint.
+    checkpoint: str
+    #: Raw bytes, for the progress bar (0: unknown; progress then counts inputs).
+    size: int
+    #: True: a checkpoint marks it complete (read again whole until then, and again from
+    #: the start when cut off); False: a checkpoint counts the values done (a file).
+    whole: bool
+
+    def open(self) -> Input:
+        """Open it to read (a download starts here)."""
+
+
+@dataclass
+class FileInput:
+    """A file to replay; resumed after the values its checkpoint counts."""
+
+    path: Path
+    whole: bool = False
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def checkpoint(self) -> str:
+        return checkpoint_name(self.path)
+
+    @property
+    def size(self) -> int:
+        return _size(self.path)
+
+    def open(self) -> Input:
+        return open_path(self.path)
 
 
 def input_files(paths: Sequence[Path], skipped: list[str]) -> list[Path]:
@@ -142,10 +192,13 @@ class Progress:
 
     interval = 10.0  # seconds between plain progress lines (logs, CI)
 
-    def __init__(self, total_bytes: int, label: str, stream: IO[str] = sys.stderr) -> None:
+    def __init__(
+        self, total: int, label: str, stream: IO[str] = sys.stderr, *, unit: str = "B"
+    ) -> None:
         self.interactive = stream.isatty()
         self.stream = stream
-        self.total = total_bytes
+        self.total = total
+        self.unit = unit
         self.label = label
         self.started = time.monotonic()
         self.last_line = self.started
@@ -153,7 +206,7 @@ class Progress:
         if self.interactive:
             from tqdm import tqdm
 
-            self._bar = tqdm(total=total_bytes, unit="B", unit_scale=True, desc=label,
+            self._bar = tqdm(total=total, unit=unit, unit_scale=unit == "B", desc=label,
                              file=stream, dynamic_ncols=True)  # fmt: skip
 
     def update(self, position: int, events: int) -> None:
@@ -167,9 +220,11 @@ class Progress:
             self.last_line = now
             done = position / self.total if self.total else 0
             eta = (now - self.started) * (1 - done) / done if done else 0
+            amount = (f"{self.total / 1e6:,.1f} MB" if self.unit == "B"
+                      else f"{self.total:,} {self.unit}s")  # fmt: skip
             line = (
-                f"{self.label}: {events:,} events ({rate:,.0f}/s), {done:.0%} of "
-                f"{self.total / 1e6:,.1f} MB, ETA {eta:,.0f}s"
+                f"{self.label}: {events:,} events ({rate:,.0f}/s), {done:.0%} of {amount}, "
+                f"ETA {eta:,.0f}s"
             )
             print(line, file=self.stream, flush=True)
 
@@ -253,7 +308,7 @@ class Preview:
 
 def replay(
     source: Source,
-    paths: Sequence[Path],
+    inputs: Sequence[Path | ReplayInput],
     *,
     translator: Translator,
     store: Store | None,
@@ -266,17 +321,25 @@ def replay(
     wait_for_delivery: float = 3600.0,
     max_spool: int = MAX_SPOOL,
 ) -> ReplaySummary:
-    """Replay ``paths`` into ``store``; or, with ``dry_run``, write to ``output`` the
-    records a replay would send now (``store``, when given, is only read: its dedup keys
-    and identity links).
+    """Replay ``inputs`` (paths of files or folders, or other inputs such as days of an
+    export API) into ``store``; or, with ``dry_run``, write to ``output`` the records a
+    replay would send now (``store``, when given, is only read: its dedup keys and links).
 
     ``forwarder`` sends while the replay reads: a :class:`Forwarder` (run in a thread),
     a :class:`ForwarderThread` or a :class:`~adapter.supervise.Child`; None stores only.
+    An input that cannot be read to its end even when read again, or that its server
+    refuses, ends the reading: ``summary.failed`` says why, and what was stored is still
+    delivered.
     """
     summary = ReplaySummary()
+    paths = [p for p in inputs if isinstance(p, Path)]
     files = input_files(paths, summary.not_read)
     for line in summary.not_read:
         print(line, file=errors)
+    todo: list[ReplayInput] = [FileInput(p) for p in files]
+    todo += [i for i in inputs if not isinstance(i, Path)]
+    if not files and todo:
+        summary.kind = "request(s)"
     writer = None if dry_run else store
     if store is not None:
         source.use_anonymous_lookup(anonymous_in(store))
@@ -290,16 +353,25 @@ def replay(
     if forwarder is not None and writer is not None:
         sender = ForwarderThread(forwarder) if isinstance(forwarder, Forwarder) else forwarder
         sender.start()
-    progress = Progress(sum(_size(p) for p in files), files[0].name if len(files) == 1 else
-                        f"{len(files)} files")  # fmt: skip
+    by_bytes = all(i.size for i in todo)
+    label = todo[0].name if len(todo) == 1 else f"{len(todo)} inputs"
+    progress = Progress(sum(i.size for i in todo) if by_bytes else len(todo), label,
+                        unit="B" if by_bytes else "input")  # fmt: skip
     run = _Run(source, translator, writer, preview, dedup_ttl, errors, max_spool, sender,
                activity, progress, summary)  # fmt: skip
     try:
-        done_bytes = 0
-        for path in files:
+        done = 0
+        for item in todo:
             summary.files += 1
-            run.file(path, resume, done_bytes)
-            done_bytes += _size(path)
+            try:
+                run.read(item, resume, done if by_bytes else 0)
+            except InputFailed as exc:
+                summary.failed = exc.message
+                print(f"error: {summary.failed}", file=errors)
+                break
+            done += item.size if by_bytes else 1
+            if not by_bytes:
+                progress.update(done, summary.result.received)
         if summary.malformed > SHOWN_ERRORS:
             print(f"... {summary.malformed - SHOWN_ERRORS:,} more", file=errors)
         if sender is not None and writer is not None:
@@ -351,19 +423,46 @@ class _Run:
         if self.summary.malformed <= SHOWN_ERRORS:
             print(f"{where}: error: {message}", file=self.errors)
 
-    def file(self, path: Path, resume: bool, done_bytes: int) -> None:
-        name = checkpoint_name(path)
-        skip = 0
+    def read(self, item: ReplayInput, resume: bool, done_bytes: int) -> None:
+        """Read one input; a whole one is read again from the start when cut off."""
+        if not item.whole:
+            skip = 0
+            if self.store is not None and resume:
+                saved = self.store.get_status(item.checkpoint)
+                skip = int(saved["rows"]) if saved else 0
+            self._read_once(item, skip, done_bytes)
+            return
         if self.store is not None and resume:
-            saved = self.store.get_status(name)
-            skip = int(saved["rows"]) if saved else 0
+            saved = self.store.get_status(item.checkpoint) or {}
+            if saved.get("complete"):
+                self.summary.resumed_inputs += 1
+                return
+        for attempt in range(1, REREADS + 1):
+            try:
+                self._read_once(item, 0, done_bytes)
+                break
+            except InputFailed as exc:
+                if not exc.retry or attempt == REREADS:
+                    raise
+                delay = min(60.0, 2.0**attempt)
+                print(f"{exc.message}: reading {item.name} again in {delay:.0f} s (what was "
+                      "stored from it is now a duplicate)", file=self.errors)  # fmt: skip
+                time.sleep(delay)
+        if self.store is not None:
+            self.store.set_status(item.checkpoint, {"complete": True, "at": time.time()})
+
+    def _read_once(self, item: ReplayInput, skip: int, done_bytes: int) -> None:
         summary = self.summary
         noted = summary.malformed
         try:
-            opened = open_path(path)
+            opened = item.open()
         except OSError as exc:
-            summary.bad(str(path), f"cannot be read: {exc.strerror or exc}")
-            self.report(str(path), f"cannot be read: {exc.strerror or exc}")
+            summary.bad(item.name, f"cannot be read: {exc.strerror or exc}")
+            self.report(item.name, f"cannot be read: {exc.strerror or exc}")
+            return
+        except UNREADABLE as exc:
+            summary.bad(item.name, f"cannot be read: {exc}")
+            self.report(item.name, f"cannot be read: {exc}")
             return
 
         def after(part: Any, consumed: int, position: int) -> None:
@@ -374,29 +473,25 @@ class _Run:
                 self.activity.flush_if_due()
             if self.store is not None:
                 _wait_for_room(self.store, self.max_spool, self.sender)
-            self.progress.update(done_bytes + position, summary.result.received)
+            if self.progress.unit == "B":
+                self.progress.update(done_bytes + position, summary.result.received)
+
+        def status(consumed: int, _: int) -> tuple[str, dict[str, Any]] | None:
+            if self.preview is not None or item.whole:
+                return None
+            return item.checkpoint, {"file": item.name, "rows": consumed}
 
         with opened:
             parts = chunks(self.source, opened, summary, skip=skip, report=self.report)
+            target = self.preview if self.preview is not None else self.store
             try:
-                target = self.preview if self.preview is not None else self.store
-                assert target is not None
-                ingest_chunks(
-                    target,  # type: ignore[arg-type]
-                    self.translator,
-                    parts,
-                    source=self.source.name,
-                    dedup_ttl=self.dedup_ttl,
-                    result=summary.result,
-                    status=(lambda consumed, _: (name, {"file": str(path), "rows": consumed}))
-                    if self.preview is None
-                    else None,
-                    after=after,
-                )
+                ingest_chunks(target, self.translator, parts, source=self.source.name,  # type: ignore[arg-type]
+                              dedup_ttl=self.dedup_ttl, result=summary.result, status=status,
+                              after=after)  # fmt: skip
             except UNREADABLE as exc:
                 # A gzip file cut short: what was read before is stored and checkpointed.
-                summary.bad(str(path), f"cannot be read to the end: {exc}")
-                self.report(str(path), f"cannot be read to the end: {exc}")
+                summary.bad(item.name, f"cannot be read to the end: {exc}")
+                self.report(item.name, f"cannot be read to the end: {exc}")
 
 
 def _wait_for_room(store: Store, max_spool: int, sender: Sender | None) -> None:

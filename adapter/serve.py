@@ -1,7 +1,9 @@
 """``miso-adapter serve``: gunicorn for the routes, plus one forwarder, as one service.
 
 A small supervisor starts two children: gunicorn (``adapter:create_app()``, threaded
-workers, so keep-alive clients are served) and ``miso-adapter forward``. It restarts a
+workers, so keep-alive clients are served) and ``miso-adapter forward``; with
+``MIXPANEL_SYNC=1`` a third, ``miso-adapter sync mixpanel --store-only`` (its options from
+``MIXPANEL_SYNC_*``). It restarts a
 child that dies, stops both on SIGTERM/SIGINT, and on Linux its children die with it
 (``PR_SET_PDEATHSIG``), so ``kill -9`` of the service leaves nothing bound to the port.
 Running the forwarder as its own process keeps it out of gunicorn's fork/respawn cycle:
@@ -70,6 +72,10 @@ def _supervise(bind: str, workers: int, threads: int, env: dict[str, str]) -> in
         Child("web", gunicorn_command(bind, workers, threads), env),
         Child("forwarder", forwarder_command(), env),
     ]
+    if os.environ.get("MIXPANEL_SYNC", "").strip() in ("1", "true", "yes"):
+        # The service's forwarder sends what the sync stores.
+        sync = [sys.executable, "-m", "adapter.cli", "sync", "mixpanel", "--store-only"]
+        children.append(Child("mixpanel-sync", sync, env))
     stopping = False
 
     def stop(signum: int, frame: object) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import hmac
 import logging
+import os
 from typing import Any
 
 import orjson
@@ -257,7 +258,33 @@ def readiness() -> tuple[bool, dict[str, str]]:
             ready, checks["miso"] = False, refused["reason"]
         else:
             checks["miso"] = "ok"
+    sync = sync_check(store)
+    if sync is not None:
+        # Reported, not failing: a sync in trouble must not take the webhooks out of a
+        # load balancer with it.
+        checks["mixpanel_sync"] = sync
     return ready, checks
+
+
+def sync_check(store: Any) -> str | None:
+    """What ``/readyz`` says of the Mixpanel sync ``serve`` runs (MIXPANEL_SYNC=1), or None."""
+    if os.environ.get("MIXPANEL_SYNC", "").strip() not in ("1", "true", "yes"):
+        return None
+    project = os.environ.get("MIXPANEL_PROJECT_ID", "").strip()
+    try:
+        status = store.get_status(f"mixpanel-sync:{project}") if project else None
+    except StoreError as exc:
+        return f"unknown: {exc}"
+    cycle = (status or {}).get("last_cycle")
+    if not project:
+        return "FAILING: MIXPANEL_PROJECT_ID is not set"
+    if not cycle:
+        return "no cycle yet"
+    if not cycle.get("ok"):
+        return (
+            f"FAILING: the last cycle ({cycle['first']}..{cycle['last']}) failed: {cycle['error']}"
+        )
+    return f"ok: last cycle {cycle['first']}..{cycle['last']}, {cycle['new']} new records"
 
 
 @bp.get("/readyz")

@@ -17,7 +17,7 @@ def test_plain_lines_when_not_a_terminal(monkeypatch):
     """Off a terminal, progress is periodic plain lines: events, rate, share of file, ETA."""
     monkeypatch.setattr(Progress, "interval", 0.0)
     out = io.StringIO()
-    progress = Progress(total_bytes=2_000_000, label="export.jsonl", stream=out)
+    progress = Progress(total=2_000_000, label="export.jsonl", stream=out)
     progress.update(position=500_000, events=12_345)
     progress.close()
     [line] = out.getvalue().splitlines()
@@ -28,7 +28,7 @@ def test_plain_lines_when_not_a_terminal(monkeypatch):
 def test_bar_on_a_terminal():
     """On a terminal, a tqdm bar shows bytes done, events and events/s."""
     out = Terminal()
-    progress = Progress(total_bytes=1000, label="export.jsonl", stream=out)
+    progress = Progress(total=1000, label="export.jsonl", stream=out)
     progress.update(position=500, events=42)
     progress.close()
     text = out.getvalue()
@@ -47,3 +47,13 @@ def test_summary_counts_what_this_run_sent():
     assert "records accepted: 8   duplicates: 1" in lines
     assert "sent to Miso: 6   dead letters: 1   still waiting: 1" in lines
     assert "           1  no rule for event 'X'" in lines
+
+
+def test_inputs_of_unknown_size_are_counted_instead_of_bytes(monkeypatch):
+    """Days of an export API have no size known ahead: progress counts them."""
+    monkeypatch.setattr(Progress, "interval", 0.0)
+    out = io.StringIO()
+    progress = Progress(total=6, label="6 inputs", stream=out, unit="input")
+    progress.update(position=3, events=900)
+    [line] = out.getvalue().splitlines()
+    assert "50% of 6 inputs" in line

@@ -156,6 +156,21 @@ def test_a_readonly_store_reads_and_never_writes_or_creates(tmp_path):
     writer.close()
 
 
+def test_a_named_lease_has_one_holder_until_it_ends_or_is_dropped(store):
+    """take_lease: one owner at a time, renewable by its owner, free after it expires or
+    is dropped; dropping someone else's lease does nothing."""
+    assert store.take_lease("sync", "host-a", 0.3)
+    assert not store.take_lease("sync", "host-b", 10)
+    assert store.take_lease("sync", "host-a", 0.3)  # renewed
+    store.drop_lease("sync", "host-b")
+    assert not store.take_lease("sync", "host-b", 10)
+    time.sleep(0.4)
+    assert store.take_lease("sync", "host-b", 10)
+    store.drop_lease("sync", "host-b")
+    assert store.take_lease("sync", "host-a", 10)
+    assert store.take_lease("other", "host-b", 10)  # leases are by name
+
+
 def test_claim_respects_count_and_bytes(store):
     """A claim takes the oldest items up to the count and the byte budget."""
     store.accept([Incoming(None, [rec(n) for n in range(10)])], DAY)

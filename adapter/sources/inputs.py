@@ -20,6 +20,7 @@ __all__ = [
     "UNREADABLE",
     "Input",
     "InputError",
+    "InputFailed",
     "gunzip_bounded",
     "open_body",
     "open_path",
@@ -38,6 +39,19 @@ class InputError(Exception):
         super().__init__(message)
         self.status = status
         self.message = message
+
+
+class InputFailed(Exception):
+    """An input that could not be read to its end (a download cut off midway).
+
+    ``retry``: reading it again from the start may succeed; what was already stored from
+    it is then recognised as duplicates.
+    """
+
+    def __init__(self, message: str, *, retry: bool) -> None:
+        super().__init__(message)
+        self.message = message
+        self.retry = retry
 
 
 class Input:

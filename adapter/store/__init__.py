@@ -152,6 +152,13 @@ class Store(Protocol):
     def get_status(self, name: str) -> dict[str, Any] | None:
         """Read a shared status set by any process."""
 
+    def take_lease(self, name: str, owner: str, seconds: float) -> bool:
+        """Hold the lease ``name`` for ``seconds`` when it is free, expired or ``owner``'s
+        already (a renewal); False when another owner holds it. One step, on every host."""
+
+    def drop_lease(self, name: str, owner: str) -> None:
+        """Give up the lease ``name`` if ``owner`` holds it."""
+
     def stats(self) -> dict[str, Any]:
         """Spool depth, oldest waiting age, dead letters."""
 

@@ -614,6 +614,18 @@ return n
 # Spool depth (in flight, parked and cancelled included), oldest created_at, dead letters.
 # Stream order is queueing order, so the oldest is a stream's first entry, or a requeued
 # dead letter (queued again with its old created_at).
+# A named lease: KEYS[1] the lease key, ARGV[1] the owner, ARGV[2] its length (ms).
+_TAKE_LEASE = r"""
+local held = redis.call('GET', KEYS[1])
+if held and held ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"""
+_DROP_LEASE = r"""
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+return 1
+"""
+
 _STATS = r"""
 local now = now_us()
 local depth, oldest = 0, nil
@@ -1067,6 +1079,18 @@ class RedisStore:
                 self._client.hdel(self._key("status"), name)
             else:
                 self._client.hset(self._key("status"), name, orjson.dumps(value))
+
+    def take_lease(self, name: str, owner: str, seconds: float) -> bool:
+        """Hold a named lease: a key that expires by itself, taken or renewed in one script."""
+        with self._redis(f"take the lease {name!r}"):
+            milliseconds = max(1, math.ceil(seconds * 1000))
+            key = self._key(f"lease:{name}")
+            return bool(self._client.eval(_TAKE_LEASE, 1, key, owner, milliseconds))
+
+    def drop_lease(self, name: str, owner: str) -> None:
+        """Give up a named lease if ``owner`` holds it."""
+        with self._redis(f"drop the lease {name!r}"):
+            self._client.eval(_DROP_LEASE, 1, self._key(f"lease:{name}"), owner)
 
     def get_status(self, name: str) -> dict[str, Any] | None:
         """A status published by any process, or None."""

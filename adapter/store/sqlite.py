@@ -672,6 +672,26 @@ class SqliteStore:
                 (name, orjson.dumps(value), time.time()),
             )
 
+    def take_lease(self, name: str, owner: str, seconds: float) -> bool:
+        """Hold a named lease (kept with the statuses), in one write transaction."""
+        key = f"lease:{name}"
+        with self._write() as db:
+            now = time.time()
+            rows = db.execute("SELECT value FROM status WHERE name = ?", (key,)).fetchall()
+            held = orjson.loads(rows[0][0]) if rows else None
+            if held and held.get("owner") != owner and held.get("until", 0) > now:
+                return False
+            self._put_status(db, key, {"owner": owner, "until": now + seconds})
+            return True
+
+    def drop_lease(self, name: str, owner: str) -> None:
+        """Give up a named lease if ``owner`` holds it."""
+        key = f"lease:{name}"
+        with self._write() as db:
+            rows = db.execute("SELECT value FROM status WHERE name = ?", (key,)).fetchall()
+            if rows and orjson.loads(rows[0][0]).get("owner") == owner:
+                db.execute("DELETE FROM status WHERE name = ?", (key,))
+
     def get_status(self, name: str) -> dict[str, Any] | None:
         """A status published by any process, or None."""
         rows = self._read("SELECT value FROM status WHERE name = ?", (name,))
