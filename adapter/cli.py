@@ -579,8 +579,21 @@ def _serve(args: argparse.Namespace) -> int:
     if args.workers < 1 or args.threads < 1:
         print("error: --workers and --threads must be at least 1", file=sys.stderr)
         return 2
-    if _preflight() is None:
+    config = _preflight()
+    if config is None:
         return 1
+    if os.environ.get("MIXPANEL_SYNC", "").strip() in ("1", "true", "yes"):
+        from adapter.sources.mixpanel_api import ExportSettings
+        from adapter.sync import check_cadence
+
+        try:  # the sync child would only fail, again and again: say why now
+            ExportSettings.from_env()
+            lookback = int(os.environ.get("MIXPANEL_SYNC_LOOKBACK_DAYS") or 5)
+            every = _duration(os.environ.get("MIXPANEL_SYNC_EVERY") or "15m")
+            check_cadence(lookback, 1, every, config.DEDUP_HOURS)
+        except (ValueError, argparse.ArgumentTypeError) as exc:
+            print(f"error: MIXPANEL_SYNC=1: {exc}", file=sys.stderr)
+            return 1
     return serve(args.bind, args.workers, args.threads)
 
 

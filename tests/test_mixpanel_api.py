@@ -386,3 +386,27 @@ def test_the_console_and_readyz_show_the_sync(tmp_path, monkeypatch):
         assert number in page
     data = client.get("/console/api/overview", headers=bearer).json["sync"]
     assert data["cycle"]["new"] == 1000 and data["cursor"] == "2024-05-05"
+
+
+def test_a_dry_run_from_the_api_prints_the_records_and_stores_nothing(tmp_path, miso):
+    """--from-api --dry-run: the records of the pulled days on stdout, nothing stored or sent."""
+    rows = rows_for(days_back(2), 30, "d")
+    with FakeMixpanel(USER, SECRET, PROJECT, rows, per_second=None) as mixpanel:
+        cli = Cli(tmp_path, miso, mixpanel)
+        done = cli.run("replay", "mixpanel", "--from-api", "--from-date",
+                       days_back(2)[0].isoformat(), "--dry-run")  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    printed = [line for line in done.stdout.splitlines() if line.strip()]
+    assert len(printed) == len(rows) and "records written: 60" in done.stderr
+    assert miso.requests == [] and not (tmp_path / "adapter.db").exists()
+
+
+def test_serve_with_a_sync_it_cannot_run_refuses_to_start(tmp_path):
+    """MIXPANEL_SYNC=1 without an account: serve exits 1 at once, saying what is missing."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MIXPANEL_", "ADAPTER_"))}
+    env.update(MIXPANEL_SYNC="1", MIXPANEL_PROJECT_ID=PROJECT,
+               ADAPTER_STORE=f"sqlite:///{tmp_path}/a.db")  # fmt: skip
+    done = subprocess.run([sys.executable, "-m", "adapter.cli", "serve", "--bind", "127.0.0.1:9"],
+                          env=env, capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+    assert done.returncode == 1
+    assert "MIXPANEL_SYNC=1: set MIXPANEL_SERVICE_ACCOUNT" in done.stderr
