@@ -406,7 +406,8 @@ def test_serve_with_a_sync_it_cannot_run_refuses_to_start(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MIXPANEL_", "ADAPTER_"))}
     env.update(MIXPANEL_SYNC="1", MIXPANEL_PROJECT_ID=PROJECT,
                ADAPTER_STORE=f"sqlite:///{tmp_path}/a.db")  # fmt: skip
-    done = subprocess.run([sys.executable, "-m", "adapter.cli", "serve", "--bind", "127.0.0.1:9"],
-                          env=env, capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+    command = [sys.executable, "-m", "adapter.cli", "serve", "--bind", "127.0.0.1:9"]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60,
+                          check=False)  # fmt: skip
     assert done.returncode == 1
     assert "MIXPANEL_SYNC=1: set MIXPANEL_SERVICE_ACCOUNT" in done.stderr
