@@ -11,6 +11,13 @@ Rows (NAME for --only), all on data generated here, deterministically:
   parse + build a minimal record + serialise of each line (``bench/replay.py``);
 * ``replay``: ``miso-adapter replay mixpanel`` of the same file into a fresh SQLite store
   and a ``FakeMiso(validate=False)``, until delivered; same floor;
+* ``export-api``: ``miso-adapter replay mixpanel --from-api`` pulling 200,000 rows of the
+  same generator, spread over the 7 days that end now, one request a day, from a
+  ``FakeMixpanel(per_second=None, per_hour=None)`` served by this process (holding the
+  rows only while the row runs), into a fresh SQLite store and the ``FakeMiso``, until
+  delivered (``bench/export_api.py``); floor: ``replay mixpanel FILE`` of the same rows
+  written as a file, the same way, in the same run. No target: the row shows the rate
+  beside the file replay's;
 * ``segment-dry-run``: ``miso-adapter replay segment --dry-run --output /dev/null`` of one
   plain JSON Lines file of 1,000,000 Segment messages (``bench/segment_archive.py``: the
   lines of a web, iOS and backend S3 archive, 2% redelivered), one process; floor: orjson
@@ -24,12 +31,13 @@ Rows (NAME for --only), all on data generated here, deterministically:
   a ``FakeMiso(validate=False)`` (``bench/drain.py``); floor: read the bodies out of
   SQLite 1,000 at a time and POST them with ``requests``.
 
-Prints one table: events/s (records/s for ``drain``), the floor's, the ratio to the floor
-(time over the floor's time for the offline rows, so lower is better; rate over the
-floor's rate for the two ``serve`` rows, so higher is better), p50/p99 per request, peak
-RSS, and whether the target is met; then the scaling curve. Each number is the median of
-the row's runs (peak RSS: the largest). Every run of a row measures its floor too, right
-before or after, so each ratio compares numbers taken in the same minute or two.
+Prints one table: events/s (records/s for ``drain``, rows served for ``export-api``), the
+floor's, the ratio to the floor (time over the floor's time for the offline rows, so lower
+is better; rate over the floor's rate for the two ``serve`` rows, so higher is better),
+p50/p99 per request, peak RSS, and whether the target is met; then the scaling curve.
+Each number is the median of the row's runs (peak RSS: the largest). Every run of a row
+measures its floor too, right before or after, so each ratio compares numbers taken in
+the same minute or two.
 
 By default every row runs once, then again (up to 3 times in all) while it fits in a
 9.25-minute budget, cheapest rows first: going by how long each row's last run took, a
@@ -65,11 +73,12 @@ sys.path.insert(0, str(BENCH))
 sys.path.insert(1, str(BENCH.parent))
 
 import drain  # noqa: E402
+import export_api  # noqa: E402
 import replay  # noqa: E402
 import webhook  # noqa: E402
 from common import BenchError, CountingMiso, Run, median, number  # noqa: E402
 
-ROWS = ("dry-run", "replay", "segment-dry-run", "webhook", "actions", "drain")
+ROWS = ("dry-run", "replay", "export-api", "segment-dry-run", "webhook", "actions", "drain")
 BUDGET = 555.0  # seconds: 9.25 minutes, so a default full run ends within 10
 MAX_RUNS = 3
 # "Flat" peak RSS from the smallest to the largest dry run: at most this much growth.
@@ -82,6 +91,7 @@ class Sizes:
 
     lines: int  # Mixpanel export lines (dry-run, replay)
     scaling: tuple[int, ...]  # smaller dry runs for the curve (the full one is `lines`)
+    api_rows: int  # rows served by the fake Export API (export-api)
     messages: int  # Segment messages (segment-dry-run)
     records: int  # spool records (drain)
     seconds: float  # measured seconds per server (webhook, actions)
@@ -94,6 +104,7 @@ class Sizes:
 FULL = Sizes(
     lines=1_000_000,
     scaling=(10_000, 100_000),
+    api_rows=200_000,
     messages=1_000_000,
     records=1_000_000,
     seconds=10,
@@ -104,6 +115,7 @@ FULL = Sizes(
 QUICK = Sizes(
     lines=20_000,
     scaling=(2_000, 10_000),
+    api_rows=10_000,
     messages=20_000,
     records=20_000,
     seconds=2,
@@ -179,6 +191,12 @@ def make_rows(sizes: Sizes) -> dict[str, Row]:
         "replay": Row(
             "replay", f"replay into FakeMiso, {sizes.lines:,} lines", "time", ">= 40,000/s"
         ),
+        "export-api": Row(
+            "export-api",
+            f"replay --from-api, {sizes.api_rows:,} rows",
+            "time",
+            "none: beside replay of the same rows as a file",
+        ),
         "segment-dry-run": Row(
             "segment-dry-run",
             f"replay segment --dry-run, {sizes.messages:,}",
@@ -236,6 +254,7 @@ class Context:
     folder: Path
     miso: CountingMiso
     export: Path | None = None
+    api_export: export_api.ApiExport | None = None  # the rows of export-api, as a file
     segment: Path | None = None  # the Segment messages (segment-dry-run)
     scaling_files: list[tuple[int, Path]] = field(default_factory=list)
     template: Path | None = None
@@ -271,6 +290,10 @@ def prepare(ctx: Context, seed: int) -> None:
                 path = ctx.folder / f"export-{lines}.jsonl"
                 prefix(ctx.export, path, lines)
                 ctx.scaling_files.append((lines, path))
+    if "export-api" in ctx.selected:
+        say(f"generating {sizes.api_rows:,} Mixpanel rows over the last {export_api.DAYS} days ...")
+        ctx.api_export = export_api.generate(ctx.folder / "export-api.jsonl", sizes.api_rows, seed)
+        ctx.notes.append(f"Export API rows: {ctx.api_export.note}")
     if "segment-dry-run" in ctx.selected:
         ctx.segment = ctx.folder / "segment.jsonl"
         say(f"generating {sizes.messages:,} Segment messages ...")
@@ -341,6 +364,21 @@ def segment_row(ctx: Context) -> None:
         dry = replay.measure_segment_dry_run(ctx.segment)
         measure = offline(lines, dry, base)
         measure.detail["records_written"] = number(dry.stderr, "records written")
+        row.runs.append(measure)
+
+
+def export_api_row(ctx: Context) -> None:
+    """One run of the export-api row: the file replay (its floor), then the pull."""
+    row = ctx.rows["export-api"]
+    if row.error is not None or ctx.api_export is None:
+        return
+    with row_errors(row):
+        say(f"  replay of the file, then {row.work} ...")
+        result = export_api.measure(ctx.api_export, ctx.miso)
+        measure = offline(result.lines, result.api, result.file)
+        measure.detail.update(
+            delivered=result.accepted, requests=result.requests, floor_peak_mb=result.file.peak_mb
+        )
         row.runs.append(measure)
 
 
@@ -435,6 +473,8 @@ def one_run(ctx: Context, wanted: list[str]) -> None:
             serve_row(ctx, name)
         elif name == "segment-dry-run":
             segment_row(ctx)
+        elif name == "export-api":
+            export_api_row(ctx)
         elif name == "drain":
             drain_row(ctx)
         else:
@@ -532,8 +572,9 @@ def table(ctx: Context) -> str:
         "measured).",
         "vs floor: 'x time' = the work's time over its floor's (lower is better); 'x rate' = "
         "the service's rate over the bare Flask floor's (higher is better).",
-        "events/s: input lines (Mixpanel rows, Segment messages), messages in 200-answered "
-        "requests (serve rows), records (drain). p50/p99: per request, serve rows.",
+        "events/s: input lines (Mixpanel rows, from a file or the Export API; Segment "
+        "messages), messages in 200-answered requests (serve rows), records (drain). "
+        "p50/p99: per request, serve rows.",
     ]
     if ctx.scaling:
         out += ["", "scaling: replay --dry-run --output /dev/null, one process"]
