@@ -399,7 +399,8 @@ def _sync_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--start",
         metavar="DAY",
-        help="the first day, for a store with no cursor yet (default today)",
+        default=os.environ.get("MIXPANEL_SYNC_START") or None,
+        help="the first day, for a store with no cursor yet (default today; MIXPANEL_SYNC_START)",
     )
     parser.add_argument("--lookback-days", type=int, metavar="N",
                         default=int(os.environ.get("MIXPANEL_SYNC_LOOKBACK_DAYS") or 5),
@@ -471,6 +472,83 @@ def _sync(args: argparse.Namespace) -> int:
         settings.project_id, args.every, args.lookback_days,
     )  # fmt: skip
     return sync.run(stop, once=args.once)
+
+
+def _consume_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("transport", choices=["kafka"], help="where the events stream from")
+    parser.add_argument("--bootstrap-servers", metavar="HOST:PORT[,...]",
+                        help="the brokers (KAFKA_BOOTSTRAP_SERVERS)")  # fmt: skip
+    parser.add_argument("--topic", action="append", dest="topics", metavar="TOPIC",
+                        help="a topic; repeat for more (KAFKA_TOPICS, a comma list)")  # fmt: skip
+    parser.add_argument("--group", help="the consumer group (KAFKA_GROUP)")
+    parser.add_argument("--format", choices=["segment", "mixpanel", "miso"],
+                        help="what a message holds (KAFKA_FORMAT)")  # fmt: skip
+    parser.add_argument("--dead-letter-topic", metavar="TOPIC",
+                        help="where to copy messages not JSON or not of the format")  # fmt: skip
+    parser.add_argument("--store-only", action="store_true",
+                        help="store what is read and leave sending to a running forwarder "
+                        "(serve runs consumers so)")  # fmt: skip
+    parser.add_argument("--mappings", metavar="DIR", help="mapping folder (default: MAPPINGS_DIR)")
+
+
+def _consume(args: argparse.Namespace) -> int:
+    from adapter.consume import Consumer, check_brokers
+    from adapter.replay import forwarder_child
+    from adapter.sources.kafka import KafkaSettings
+
+    _logging()
+    config = Config()
+    try:
+        settings = KafkaSettings.from_options(
+            bootstrap_servers=args.bootstrap_servers, topics=args.topics, group=args.group,
+            format=args.format, dead_letter_topic=args.dead_letter_topic,
+        )  # fmt: skip
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    source = make_source(settings.format)
+    translator = _translator(source, mappings_dir(args.mappings))
+    if translator is None:
+        return 1
+    if not args.store_only and not config.MISO_API_KEY:
+        print("error: MISO_API_KEY is not set: set it, or use --store-only beside a running "
+              "forwarder", file=sys.stderr)  # fmt: skip
+        return 1
+    try:
+        store = open_store(config.ADAPTER_STORE)
+        store.ping()
+    except StoreError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    problem = check_brokers(settings)
+    if problem is not None:
+        print(f"error: {problem}", file=sys.stderr)
+        return 1
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    forwarder = None if args.store_only else forwarder_child()
+    if forwarder is not None:
+        forwarder.start()
+    logging.getLogger("adapter.consume").info(
+        "consuming %s from %s as group %s (%s)", ", ".join(settings.topics),
+        settings.bootstrap_servers, settings.group, settings.format,
+        extra={"event": "start"},
+    )  # fmt: skip
+    consumer = Consumer(
+        settings,
+        store,
+        source,
+        translator,
+        dedup_ttl=config.DEDUP_HOURS * 3600,
+        stop=stop,
+        check_forwarder=forwarder.check if forwarder else lambda: None,
+    )
+    try:
+        return consumer.run()
+    finally:
+        if forwarder is not None:
+            forwarder.shutdown()
 
 
 def _summary(counts: Counter[str]) -> int:
@@ -769,6 +847,12 @@ _COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Calla
         "pull Mixpanel's Export API on a schedule: sync mixpanel [--once] [options]",
         _sync_args,
         _sync,
+    ),
+    "consume": (
+        "consume a Kafka topic: consume kafka --bootstrap-servers ... --topic T --group G "
+        "--format F",
+        _consume_args,
+        _consume,
     ),
     "identity": (
         "what an id is linked to: identity show ID [--json]",
