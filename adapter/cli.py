@@ -672,6 +672,15 @@ def _serve(args: argparse.Namespace) -> int:
         except (ValueError, argparse.ArgumentTypeError) as exc:
             print(f"error: MIXPANEL_SYNC=1: {exc}", file=sys.stderr)
             return 1
+    if os.environ.get("KAFKA_BOOTSTRAP_SERVERS") and os.environ.get("KAFKA_TOPICS"):
+        from adapter.sources.kafka import KafkaSettings
+
+        try:  # the consumer child would only fail, again and again: say why now
+            KafkaSettings.from_options()
+        except ValueError as exc:
+            print(f"error: KAFKA_BOOTSTRAP_SERVERS and KAFKA_TOPICS are set: {exc}",
+                  file=sys.stderr)  # fmt: skip
+            return 1
     return serve(args.bind, args.workers, args.threads)
 
 

@@ -325,6 +325,7 @@ def overview_data() -> dict[str, Any]:
     for link in links["recent"]:
         link["linked_at"] = _when(link["linked_at"])
     sync = _sync(store)
+    kafka = _kafka(store)
     return {
         "generated_at": _when(time.time()),
         "ready": ready,
@@ -336,7 +337,21 @@ def overview_data() -> dict[str, Any]:
         "links": links,
         "mappings": _mappings(),
         "sync": sync,
+        "kafka": kafka,
     }
+
+
+def _kafka(store: Any) -> dict[str, Any] | None:
+    """The live consumers of ``KAFKA_GROUP``: brokers reached or not, lag per partition."""
+    from adapter.consume import group_status
+
+    group = os.environ.get("KAFKA_GROUP", "").strip()
+    members = group_status(store, group) if group else []
+    if not members:
+        return None
+    for member in members:
+        member["updated"] = _when(member.get("updated_at"))
+    return {"group": group, "members": members}
 
 
 def _sync(store: Any) -> dict[str, Any] | None:

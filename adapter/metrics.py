@@ -273,6 +273,7 @@ class _StoreCollector:
         up.add_metric([], 1)
         yield up
         yield from _sync_gauges(self.store)
+        yield from _kafka_gauges(self.store)
         for name, key, doc in (
             ("spool_depth", "spool", "Items waiting in the spool (in flight and retries included)"),
             ("spool_oldest_age_seconds", "oldest_age", "Age of the oldest item in the spool"),
@@ -281,6 +282,36 @@ class _StoreCollector:
             gauge = GaugeMetricFamily(f"miso_adapter_{name}", doc)
             gauge.add_metric([], float(stats.get(key) or 0))
             yield gauge
+
+
+def _kafka_gauges(store: Store) -> Iterator[Metric]:
+    """Consumer lag per partition of ``KAFKA_GROUP``'s live consumers (when one runs)."""
+    from prometheus_client.core import GaugeMetricFamily
+
+    from adapter.store import StoreError
+
+    group = os.environ.get("KAFKA_GROUP", "").strip()
+    if not group:
+        return
+    from adapter.consume import group_status
+
+    try:
+        members = group_status(store, group)
+    except StoreError:
+        return
+    if not members:
+        return
+    lag = GaugeMetricFamily("miso_adapter_kafka_lag", "Messages of a partition not yet consumed",
+                            labels=["topic", "partition"])  # fmt: skip
+    up = GaugeMetricFamily("miso_adapter_kafka_consumers_ok",
+                           "Consumers of the group that reach their brokers")  # fmt: skip
+    for member in members:
+        for name, behind in member.get("lag", {}).items():
+            topic, _, partition = name.rpartition("/")
+            lag.add_metric([topic, partition], float(behind))
+    up.add_metric([], float(sum(1 for m in members if m.get("ok"))))
+    yield lag
+    yield up
 
 
 def _sync_gauges(store: Store) -> Iterator[Metric]:

@@ -2,8 +2,9 @@
 
 A small supervisor starts two children: gunicorn (``adapter:create_app()``, threaded
 workers, so keep-alive clients are served) and ``miso-adapter forward``; with
-``MIXPANEL_SYNC=1`` a third, ``miso-adapter sync mixpanel --store-only`` (its options from
-``MIXPANEL_SYNC_*``). It restarts a
+``MIXPANEL_SYNC=1`` ``miso-adapter sync mixpanel --store-only`` (its options from
+``MIXPANEL_SYNC_*``), and with ``KAFKA_BOOTSTRAP_SERVERS`` and ``KAFKA_TOPICS`` set
+``miso-adapter consume kafka --store-only`` (its settings from ``KAFKA_*``). It restarts a
 child that dies, stops both on SIGTERM/SIGINT, and on Linux its children die with it
 (``PR_SET_PDEATHSIG``), so ``kill -9`` of the service leaves nothing bound to the port.
 Running the forwarder as its own process keeps it out of gunicorn's fork/respawn cycle:
@@ -76,6 +77,9 @@ def _supervise(bind: str, workers: int, threads: int, env: dict[str, str]) -> in
         # The service's forwarder sends what the sync stores.
         sync = [sys.executable, "-m", "adapter.cli", "sync", "mixpanel", "--store-only"]
         children.append(Child("mixpanel-sync", sync, env))
+    if os.environ.get("KAFKA_BOOTSTRAP_SERVERS") and os.environ.get("KAFKA_TOPICS"):
+        consume = [sys.executable, "-m", "adapter.cli", "consume", "kafka", "--store-only"]
+        children.append(Child("kafka-consumer", consume, env))
     stopping = False
 
     def stop(signum: int, frame: object) -> None:

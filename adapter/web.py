@@ -258,12 +258,35 @@ def readiness() -> tuple[bool, dict[str, str]]:
             ready, checks["miso"] = False, refused["reason"]
         else:
             checks["miso"] = "ok"
+    kafka = kafka_check(store)
+    if kafka is not None:
+        checks["kafka"] = kafka  # reported, not failing, for the same reason as the sync
     sync = sync_check(store)
     if sync is not None:
         # Reported, not failing: a sync in trouble must not take the webhooks out of a
         # load balancer with it.
         checks["mixpanel_sync"] = sync
     return ready, checks
+
+
+def kafka_check(store: Any) -> str | None:
+    """What ``/readyz`` says of the Kafka consumers of ``KAFKA_GROUP``, when serve runs one."""
+    if not (os.environ.get("KAFKA_BOOTSTRAP_SERVERS") and os.environ.get("KAFKA_TOPICS")):
+        return None
+    from adapter.consume import group_status
+
+    group = os.environ.get("KAFKA_GROUP", "")
+    try:
+        members = group_status(store, group)
+    except StoreError as exc:
+        return f"unknown: {exc}"
+    if not members:
+        return "no consumer running yet"
+    failing = [m for m in members if not m.get("ok")]
+    if failing:
+        return f"FAILING: {failing[0]['member']}: {failing[0]['error']}"
+    lag = sum(sum(m.get("lag", {}).values()) for m in members)
+    return f"ok: {len(members)} consumer(s) of group {group}, lag {lag:,} messages"
 
 
 def sync_check(store: Any) -> str | None:
