@@ -440,15 +440,8 @@ def _sync(args: argparse.Namespace) -> int:
     translator = _translator(first_source, mappings_dir(args.mappings))
     if translator is None:
         return 1
-    if not args.store_only and not config.MISO_API_KEY:
-        print("error: MISO_API_KEY is not set: set it, or use --store-only beside a running "
-              "forwarder", file=sys.stderr)  # fmt: skip
-        return 1
-    try:
-        store = open_store(config.ADAPTER_STORE)
-        store.ping()
-    except StoreError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    store = _long_running_store(config, store_only=args.store_only)
+    if store is None:
         return 1
     sync = Sync(
         client=ExportClient(settings),
@@ -472,6 +465,22 @@ def _sync(args: argparse.Namespace) -> int:
         settings.project_id, args.every, args.lookback_days,
     )  # fmt: skip
     return sync.run(stop, once=args.once)
+
+
+def _long_running_store(config: Config, *, store_only: bool) -> Store | None:
+    """The store of ``sync``/``consume``, writable; None after saying why not (also when
+    they would send with no Miso key)."""
+    if not store_only and not config.MISO_API_KEY:
+        print("error: MISO_API_KEY is not set: set it, or use --store-only beside a running "
+              "forwarder", file=sys.stderr)  # fmt: skip
+        return None
+    try:
+        store = open_store(config.ADAPTER_STORE)
+        store.ping()
+    except StoreError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return None
+    return store
 
 
 def _consume_args(parser: argparse.ArgumentParser) -> None:
@@ -510,15 +519,8 @@ def _consume(args: argparse.Namespace) -> int:
     translator = _translator(source, mappings_dir(args.mappings))
     if translator is None:
         return 1
-    if not args.store_only and not config.MISO_API_KEY:
-        print("error: MISO_API_KEY is not set: set it, or use --store-only beside a running "
-              "forwarder", file=sys.stderr)  # fmt: skip
-        return 1
-    try:
-        store = open_store(config.ADAPTER_STORE)
-        store.ping()
-    except StoreError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    store = _long_running_store(config, store_only=args.store_only)
+    if store is None:
         return 1
     problem = check_brokers(settings)
     if problem is not None:
