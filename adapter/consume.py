@@ -228,10 +228,13 @@ class Consumer:
             items = message_items(self.source, message.topic(), message.partition(),
                                   message.offset(), message.value())  # fmt: skip
             for item in items:
-                if isinstance(item.event, ReadError):
-                    bad.append((message, f"{item.where}: {item.event.message}"))
+                event = item.event
+                if isinstance(event, ReadError):
+                    bad.append((message, f"{item.where}: {event.message}"))
+                elif isinstance(event, str) and event.startswith(self.source.foreign):
+                    bad.append((message, f"{item.where}: {event}"))
                 else:
-                    events.append((item.key, item.event))
+                    events.append((item.key, event))
         self.source.end_chunk()
         while True:
             try:
@@ -271,7 +274,12 @@ class Consumer:
         """Copy unusable messages to the dead-letter topic, durably, before their offsets go."""
         if self._producer is None or not bad:
             return
-        for message, why in bad:
+        reasons: dict[tuple[str, int, int], tuple[Any, list[str]]] = {}
+        for message, why in bad:  # a batch with several bad items is copied once
+            place = (message.topic(), message.partition(), message.offset())
+            reasons.setdefault(place, (message, []))[1].append(why)
+        for message, whys in reasons.values():
+            why = "; ".join(whys)
             headers = [
                 (
                     "miso-adapter-origin",

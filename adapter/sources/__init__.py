@@ -115,6 +115,9 @@ class Source(Protocol):
     options: ClassVar[tuple[str, ...]]
     #: What one input value is, for help texts (``Segment messages``).
     describes: ClassVar[str]
+    #: The skip reason (a prefix) of a value that is not of this source at all (not a
+    #: Segment message, not a Mixpanel event), as opposed to an event skipped on purpose.
+    foreign: ClassVar[str]
     #: What an upload of it should hold, and its unit, for error messages.
     expected: ClassVar[str]
     unit: ClassVar[str]
@@ -177,6 +180,7 @@ class BaseSource:
     """Defaults for the optional parts of :class:`Source`."""
 
     options: ClassVar[tuple[str, ...]] = ()
+    foreign: ClassVar[str] = "\0"  # none: every value is of the source, or unusable input
     one_event: Callable[[Any], tuple[str | None, dict | str]] | None = None
 
     def end_chunk(self) -> None:

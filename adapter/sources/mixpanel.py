@@ -498,6 +498,7 @@ class MixpanelSource(BaseSource):
     table: ClassVar[str | None] = "mixpanel"
     options: ClassVar[tuple[str, ...]] = ("time_offset", "timezone")
     describes: ClassVar[str] = "Mixpanel export rows"
+    foreign: ClassVar[str] = NOT_AN_EVENT
     expected: ClassVar[str] = "Mixpanel export rows"
     unit: ClassVar[str] = "Mixpanel rows"
 

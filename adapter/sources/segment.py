@@ -197,6 +197,7 @@ class SegmentSource(BaseSource):
     name: ClassVar[str] = "segment"
     table: ClassVar[str | None] = "segment"
     describes: ClassVar[str] = "Segment messages"
+    foreign: ClassVar[str] = NOT_SEGMENT
     expected: ClassVar[str] = "Segment messages, one JSON object per line"
     unit: ClassVar[str] = "Segment messages"
 
