@@ -29,15 +29,23 @@ Rows (NAME for --only), all on data generated here, deterministically:
   message with its own messageId (``bench/webhook.py --batch 1000``); same floor;
 * ``drain``: ``miso-adapter forward --until-empty`` draining a 1,000,000-record spool into
   a ``FakeMiso(validate=False)`` (``bench/drain.py``); floor: read the bodies out of
-  SQLite 1,000 at a time and POST them with ``requests``.
+  SQLite 1,000 at a time and POST them with ``requests``;
+* ``kafka``: ``miso-adapter consume kafka --store-only --format segment`` reading 200,000
+  Segment messages (the ``segment-dry-run`` generator's, 2% redelivered) from a topic of
+  3 partitions on a Tansu broker (``adapter.testing.TansuBroker``, in memory, on
+  loopback) into a fresh SQLite store, timed from its partitions' assignment until the
+  store holds every record (the command has no "until empty": it is watched, then gets
+  SIGTERM and must exit 0) (``bench/kafka.py``); floor: a plain confluent-kafka consumer
+  with the same group settings, in a fresh group, reading the same topic, timed from its
+  assignment to its last message. No target: the row shows the rate beside the floor's.
 
 Prints one table: events/s (records/s for ``drain``, rows served for ``export-api``), the
-floor's, the ratio to the floor (time over the floor's time for the offline rows, so lower
-is better; rate over the floor's rate for the two ``serve`` rows, so higher is better),
-p50/p99 per request, peak RSS, and whether the target is met; then the scaling curve.
-Each number is the median of the row's runs (peak RSS: the largest). Every run of a row
-measures its floor too, right before or after, so each ratio compares numbers taken in
-the same minute or two.
+floor's, the ratio to the floor (time over the floor's time for the offline rows and
+``kafka``, so lower is better; rate over the floor's rate for the two ``serve`` rows, so
+higher is better), p50/p99 per request, peak RSS, and whether the target is met; then the
+scaling curve. Each number is the median of the row's runs (peak RSS: the largest). Every
+run of a row measures its floor too, right before or after, so each ratio compares numbers
+taken in the same minute or two.
 
 By default every row runs once, then again (up to 3 times in all) while it fits in a
 9.25-minute budget, cheapest rows first: going by how long each row's last run took, a
@@ -74,11 +82,15 @@ sys.path.insert(1, str(BENCH.parent))
 
 import drain  # noqa: E402
 import export_api  # noqa: E402
+import kafka  # noqa: E402
 import replay  # noqa: E402
 import webhook  # noqa: E402
 from common import BenchError, CountingMiso, Run, median, number  # noqa: E402
 
-ROWS = ("dry-run", "replay", "export-api", "segment-dry-run", "webhook", "actions", "drain")
+# fmt: off
+ROWS = ("dry-run", "replay", "export-api", "segment-dry-run", "webhook", "actions", "drain",
+        "kafka")
+# fmt: on
 BUDGET = 555.0  # seconds: 9.25 minutes, so a default full run ends within 10
 MAX_RUNS = 3
 # "Flat" peak RSS from the smallest to the largest dry run: at most this much growth.
@@ -99,6 +111,7 @@ class Sizes:
     bodies: int  # unique single-message webhooks
     batches: int  # unique Actions arrays
     batch: int = 1000
+    kafka_messages: int = 200_000  # Segment messages in the Kafka topic (kafka)
 
 
 FULL = Sizes(
@@ -122,6 +135,7 @@ QUICK = Sizes(
     warmup=1,
     bodies=20_000,
     batches=300,
+    kafka_messages=10_000,
 )
 
 
@@ -212,6 +226,12 @@ def make_rows(sizes: Sizes) -> dict[str, Row]:
         "drain": Row(
             "drain", f"forward --until-empty, {sizes.records:,}", "time", ">= 40,000 records/s"
         ),
+        "kafka": Row(
+            "kafka",
+            f"consume kafka --store-only, {sizes.kafka_messages:,}",
+            "time",
+            "none: beside a plain confluent-kafka consumer",
+        ),
     }
 
 
@@ -256,6 +276,7 @@ class Context:
     export: Path | None = None
     api_export: export_api.ApiExport | None = None  # the rows of export-api, as a file
     segment: Path | None = None  # the Segment messages (segment-dry-run)
+    kafka_data: kafka.KafkaData | None = None  # the Segment messages of the kafka row
     scaling_files: list[tuple[int, Path]] = field(default_factory=list)
     template: Path | None = None
     scaling: dict[int, list[Point]] = field(default_factory=dict)
@@ -300,6 +321,10 @@ def prepare(ctx: Context, seed: int) -> None:
         ctx.notes.append(
             f"Segment messages: {replay.generate_segment(ctx.segment, sizes.messages, seed)}"
         )
+    if "kafka" in ctx.selected:
+        say(f"generating {sizes.kafka_messages:,} Segment messages for Kafka ...")
+        ctx.kafka_data = kafka.generate(ctx.folder / "kafka.jsonl", sizes.kafka_messages, seed)
+        ctx.notes.append(f"Kafka messages: {ctx.kafka_data.note}, {kafka.PARTITIONS} partitions")
     if "drain" in ctx.selected:
         say(f"filling a spool with {sizes.records:,} records ...")
         try:
@@ -448,6 +473,36 @@ def drain_row(ctx: Context) -> None:
         row.runs.append(offline(ctx.sizes.records, result.drain, result.floor))
 
 
+def kafka_row(ctx: Context, run: int) -> None:
+    """One run of the kafka row: a fresh broker holding the messages, the floor, the command."""
+    row = ctx.rows["kafka"]
+    if row.error is not None or ctx.kafka_data is None:
+        return
+    with row_errors(row):
+        say(f"  {row.work} (and its floor) ...")
+        result = kafka.measure(ctx.kafka_data, run)
+        command, floor = result.command, result.floor
+        row.runs.append(
+            Measure(
+                rate=result.messages / command.seconds,
+                floor_rate=result.messages / floor.seconds,
+                ratio=command.seconds / floor.seconds,
+                peak_mb=command.peak_mb,
+                detail={
+                    "seconds": command.seconds,
+                    "floor_seconds": floor.seconds,
+                    "items": result.messages,
+                    "records_stored": result.records,
+                    "wall_seconds": command.wall,
+                    "floor_wall_seconds": floor.wall,
+                    "floor_peak_mb": floor.peak_mb,
+                    "produce_seconds": result.produce_seconds,
+                    **command.detail,
+                },
+            )
+        )
+
+
 @contextlib.contextmanager
 def row_errors(row: Row) -> Iterator[None]:
     """A failed row is marked failed and left out of later runs; the others go on."""
@@ -477,6 +532,8 @@ def one_run(ctx: Context, wanted: list[str]) -> None:
             export_api_row(ctx)
         elif name == "drain":
             drain_row(ctx)
+        elif name == "kafka":
+            kafka_row(ctx, len(ctx.rows["kafka"].runs))
         else:
             continue
         ctx.costs[name] = time.monotonic() - began
@@ -573,7 +630,8 @@ def table(ctx: Context) -> str:
         "vs floor: 'x time' = the work's time over its floor's (lower is better); 'x rate' = "
         "the service's rate over the bare Flask floor's (higher is better).",
         "events/s: input lines (Mixpanel rows, from a file or the Export API; Segment "
-        "messages), messages in 200-answered requests (serve rows), records (drain). "
+        "messages; Kafka messages), messages in 200-answered requests (serve rows), records "
+        "(drain). "
         "p50/p99: per request, serve rows.",
     ]
     if ctx.scaling:
