@@ -314,6 +314,12 @@ class Consumer:
         if not force and now - self._last_status < STATUS_SECONDS:
             return
         self._last_status = now
+        if self.broker_problem and not leaving:
+            # librdkafka says when brokers go, not when they come back: ask them.
+            with contextlib.suppress(Exception):
+                self.consumer.list_topics(timeout=2.0)
+                self.broker_problem = ""
+                log.warning("Kafka at %s answers again", self.settings.bootstrap_servers)
         group = self.settings.group
         status = {
             "group": group,

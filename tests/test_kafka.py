@@ -690,3 +690,33 @@ def test_serve_with_kafka_settings_consumes_and_delivers(miso, kafka, tmp_path):
         assert member["format"] == "segment" and member["ok"] is True, member
         assert set(member["lag"]) == {"serve-web/0", "serve-web/1", "serve-app/0"}, member
     assert_exactly_once(miso.records, expected, segment_archive.record_key)
+
+
+def test_lost_brokers_are_reported_and_their_return_noticed(tmp_path, miso):
+    """Its broker gone, a consumer keeps running and its published state says so (what
+    /readyz and the console read); the broker back on the same port, the state is ok again."""
+    with TansuBroker() as own:
+        own.create_topic("comeback", 1)
+        cli = Consume(tmp_path, miso, own)
+        member = cli.start(["comeback"], "comeback-group", "segment", "--store-only",
+                           name="comeback")  # fmt: skip
+        try:
+
+            def state() -> dict:
+                with cli.store() as store:
+                    members = group_status(store, "comeback-group")
+                return members[0] if members else {}
+
+            wait_until(lambda: state().get("ok") is True, 60, "the consumer's first state",
+                       member.tail)  # fmt: skip
+            own.kill()
+            wait_until(lambda: state().get("ok") is False, 60, "the lost brokers reported",
+                       member.tail)  # fmt: skip
+            assert member.process.poll() is None
+            assert state()["error"]  # librdkafka's reason, e.g. all brokers down
+            own.restart()
+            wait_until(lambda: state().get("ok") is True, 60, "the brokers' return noticed",
+                       member.tail)  # fmt: skip
+            assert member.terminate() == 0
+        finally:
+            cli.close()
