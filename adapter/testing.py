@@ -1,4 +1,4 @@
-"""Test helpers for miso-adapter: a fake Miso Interactions API on a real loopback HTTP server.
+"""Test helpers for miso-adapter: fake Miso APIs (interactions, users) on a real loopback server.
 
 This module is **public**.  The project's own tests use it, and so can you: to try the adapter
 offline, without a Miso account, or to test code of your own that talks to Miso.  Start a fake
@@ -40,9 +40,25 @@ https://docs.miso.ai/api-reference/interaction-apis/interaction-upload-api, desc
   records the ids.  Other methods on that path get 405, other paths 404, both as JSON.
 * Success is 200 ``{"message": "success"}``.
 
+The same server also fakes Miso's User APIs (same keys, same request log, same faults); the
+:class:`FakeMiso` docstring gives the details:
+
+* ``POST /v1/users`` takes ``{"data": [UserRecord, ...]}``.  Each record is validated against
+  ``UserRecord`` from the vendored ``adapter/data/miso-users.schema.json``; any error is a 422
+  for the whole request, with the same ``data.<index>.<field> is invalid. <message>`` lines.
+  Otherwise each record replaces, whole, the stored user with its ``user_id``, and the answer
+  is 200 ``{"message": "success", "data": {"task_id": "..."}}``.
+* ``GET /v1/users/{user_id}`` (the id URL-encoded) answers ``{"message": "success", "data":
+  <record>}`` or 404 ``{"message": "not found"}``; ``DELETE /v1/users/{user_id}`` and
+  ``POST /v1/users/_delete`` (``{"data": {"user_ids": [...]}}``) answer
+  ``{"message": "deleted", "data": {"task_id": "..."}}``.
+* ``GET /v1/users/_status/{task_id}`` tells how a task ended: ``{"data": {"task_id": ...,
+  "status": "success" | "failed" | "pending", "errors": [...]}}``.
+
 Fault injection (``fail_next``, ``disconnect_next``, ``reject_records``, ``set_delay``,
-``set_valid_keys``) is thread-safe and can be used while a client is sending.  Injected faults
-apply to ``POST``/``DELETE /v1/interactions`` before the key check and before validation.
+``set_valid_keys``, ``fail_next_task``, ``hold_next_task``) is thread-safe and can be used while
+a client is sending.  Injected faults apply, by default, to ``POST``/``DELETE /v1/interactions``
+(``path=`` picks other endpoints), before the key check and before validation.
 
 Schema validation needs ``jsonschema`` and ``rfc3339-validator``, which come with the ``test``
 extra (``pip install 'miso-adapter[test]'``).  They are imported only when validation is on;
@@ -67,6 +83,7 @@ import argparse
 import base64
 import collections
 import contextlib
+import copy
 import hmac
 import itertools
 import json
@@ -82,6 +99,7 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 import weakref
 import zlib
 import zoneinfo
@@ -92,7 +110,7 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from typing import Any, ClassVar
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 import orjson
 
@@ -108,6 +126,10 @@ __all__ = [
     "SCHEMA_ERROR_MESSAGE",
     "SUCCESS_BODY",
     "TERMINATED_EARLY",
+    "USERS_DELETE_PATH",
+    "USERS_PATH",
+    "USERS_STATUS_PATH",
+    "USER_PATH",
     "FakeMiso",
     "FakeMixpanel",
     "KafkaMessage",
@@ -119,6 +141,20 @@ __all__ = [
 ]
 
 INTERACTIONS_PATH = "/v1/interactions"
+#: The User APIs' routes, spelt as Miso's OpenAPI document spells them (``fail_next(path=...)``
+#: takes these, or a request's own path).
+USERS_PATH = "/v1/users"
+USER_PATH = "/v1/users/{user_id}"
+USERS_DELETE_PATH = "/v1/users/_delete"
+USERS_STATUS_PATH = "/v1/users/_status/{task_id}"
+_ROUTE_METHODS: dict[str, tuple[str, ...]] = {
+    INTERACTIONS_PATH: ("POST", "DELETE"),
+    USERS_PATH: ("POST",),
+    USERS_DELETE_PATH: ("POST",),
+    USER_PATH: ("GET", "DELETE"),
+    USERS_STATUS_PATH: ("GET",),
+}
+_MAX_USER_ID = 512  # the maxLength of the user_id path parameter
 _MAX_DECODED = 256 * 1024 * 1024  # a decompressed request body the fake refuses (413)
 
 #: Miso's exact answer bodies, as its OpenAPI document (v1.1.4) gives them.
@@ -141,6 +177,8 @@ _INSTALL_HINT = (
     "pip install 'miso-adapter[test]' (or use FakeMiso(validate=False))."
 )
 _REJECTED_MESSAGE = "The record was rejected by FakeMiso.reject_records."
+_FAILED_TASK_MESSAGE = "The task was failed by FakeMiso.fail_next_task."
+_NOT_FOUND_BODY: dict[str, Any] = {"message": "not found"}
 _MAX_CHUNK_LINE = 1024
 
 
@@ -151,9 +189,11 @@ class RequestLog:
     ``path`` is the URL path without its query string; ``query`` holds the query parameters
     except ``api_key``.  ``body`` is the request body after gzip decoding (the raw bytes when
     decoding failed) and ``content_encoding`` the ``Content-Encoding`` header as sent.
-    ``n_records`` is the length of the body's ``data`` list for a POST, of ``user_ids`` for a
-    DELETE, and 0 when the body could not be read that far; it counts records *sent*, whatever
-    the answer was.  ``status`` is 0 for a request answered by dropping the connection.
+    ``n_records`` counts the records or ids a request *sent*, whatever the answer was: the
+    length of the body's ``data`` list for ``POST /v1/interactions`` and ``POST /v1/users``, of
+    ``user_ids`` for ``DELETE /v1/interactions`` and ``POST /v1/users/_delete``, 1 for
+    ``DELETE /v1/users/{user_id}``; 0 for a GET and when the body could not be read that far.
+    ``status`` is 0 for a request answered by dropping the connection.
     """
 
     method: str
@@ -171,6 +211,41 @@ class _Fault:
     status: int
     headers: tuple[tuple[str, str], ...]
     body: bytes
+
+
+@dataclass
+class _QueuedFault:
+    """A fault (None: drop the connection) for the next ``left`` requests that match."""
+
+    fault: _Fault | None
+    path: str | None
+    method: str | None
+    left: int
+
+    def matches(self, route: str, path: str, method: str) -> bool:
+        if self.method is not None and self.method != method:
+            return False
+        return self.path is None or self.path in (route, path, unquote(path))
+
+
+@dataclass
+class _TaskPlan:
+    """How the next ``left`` User API tasks end: failed with ``errors``, or held pending."""
+
+    errors: list[str] | None
+    left: int
+
+
+@dataclass
+class _Task:
+    task_id: str
+    kind: str  # "upload" (payload: records) or "delete" (payload: user ids)
+    payload: list[Any]
+    status: str = "pending"
+    errors: list[str] = field(default_factory=list)
+
+    def status_data(self) -> dict[str, Any]:
+        return {"task_id": self.task_id, "status": self.status, "errors": list(self.errors)}
 
 
 @dataclass
@@ -201,7 +276,7 @@ def _path_text(path: Iterable[Any]) -> str:
 
 
 class FakeMiso:
-    """A fake Miso Interactions API served over real HTTP on loopback.
+    """A fake Miso Interactions API and User APIs served over real HTTP on loopback.
 
     The server starts when the object is created and stops on :meth:`close` (or at the end of a
     ``with`` block).  ``host`` and ``port`` choose where it listens (port 0: a free port).  The
@@ -209,10 +284,48 @@ class FakeMiso:
     ``validate`` switches the per-record schema validation (turn it off for benchmarks).
     ``on_request`` is called with each :class:`RequestLog` after the answer is decided (from the
     server's threads; keep it quick).
+
+    **User APIs.**  Every route checks the key like ``/v1/interactions`` (401
+    ``{"message": "invalid api key."}``), is logged in :attr:`requests` and can be faulted with
+    :meth:`fail_next` / :meth:`disconnect_next` and ``path=`` (e.g. ``path=USERS_PATH``).
+
+    * ``POST /v1/users`` ``{"data": [UserRecord, ...]}`` (gzip allowed).  With ``validate`` on,
+      each record is checked against ``UserRecord`` (``adapter/data/miso-users.schema.json``):
+      ``user_id`` required, 1-512 characters and not starting with ``_`` (the field's
+      description forbids that), no fields outside the schema, ``created_at``/``updated_at`` an
+      ISO-8601 date-time or date, ``age`` an integer, ``profile_image`` a URI, and each
+      ``custom_attributes`` value a boolean, number, string, array of numbers, array of strings
+      or array of flat objects (or null, which the field's description allows).  Any error: 422
+      ``{"errors": true, "message": ..., "data": ["data.0.age is invalid. '33' is not of type
+      'integer'", ...]}`` and nothing is kept.  Otherwise 200 ``{"message": "success", "data":
+      {"task_id": "<uuid>"}}`` (the response schema requires ``message``; the description's
+      example leaves it out), the request's records are appended to :attr:`user_uploads`, and a
+      task applies them: each record replaces, whole, the stored user with its ``user_id``.
+    * ``GET /v1/users/{user_id}``: 200 ``{"message": "success", "data": <record as stored>}``
+      or 404 ``{"message": "not found"}``.  The id is percent-decoded (``a%2Fb`` is ``a/b``).
+    * ``DELETE /v1/users/{user_id}`` and ``POST /v1/users/_delete`` with
+      ``{"data": {"user_ids": [...]}}``: 200 ``{"message": "deleted", "data": {"task_id":
+      ...}}``; the task removes the users (unknown ids are no error) and appends the ids to
+      :attr:`deleted_users`.  These routes answer validation errors as FastAPI does, 422
+      ``{"detail": [{"loc": ["body", "data", "user_ids", 0], "msg": ..., "type": ...}]}``
+      (also for a path id over 512 characters).
+    * ``GET /v1/users/_status/{task_id}``: 200 ``{"data": {"task_id": ..., "status": ...,
+      "errors": [...]}}`` or 404 ``{"message": "not found"}``.  ``status`` is ``"success"``
+      (``errors`` empty), ``"pending"`` (see :meth:`hold_next_task`) or ``"failed"``.  A task
+      fails when :meth:`fail_next_task` says so (then none of its changes were made), or when
+      records of an upload give a custom attribute another type than earlier records gave it
+      (Miso: "Records with inconsistent types will fail to be inserted"); then ``errors`` has a
+      line per such record, ``"data.<index>.custom_attributes.<key> is invalid. ..."``, and the
+      other records of the upload were stored.  For that check a number and an array of numbers
+      are one type (likewise strings, booleans, objects); null and ``[]`` match any type.
+
+    Other methods on these routes get 405, other ``/v1/users/...`` paths 404.
     """
 
     # Type name -> jsonschema validator for that type's $def; shared by all instances.
     _validators: ClassVar[dict[str, Any] | None] = None
+    # The validator of one User record; shared by all instances.
+    _user_validator: ClassVar[Any] = None
     _validators_lock: ClassVar[threading.Lock] = threading.Lock()
 
     def __init__(
@@ -232,8 +345,14 @@ class FakeMiso:
         self._records: list[Any] = []
         self._deleted: list[Any] = []
         self._requests: list[RequestLog] = []
-        self._faults: collections.deque[_Fault | None] = collections.deque()
+        self._faults: collections.deque[_QueuedFault] = collections.deque()
         self._rules: list[_Rule] = []
+        self._users: dict[str, dict[str, Any]] = {}
+        self._user_uploads: list[list[Any]] = []
+        self._deleted_users: list[str] = []
+        self._tasks: dict[str, _Task] = {}
+        self._task_plans: collections.deque[_TaskPlan] = collections.deque()
+        self._custom_types: dict[str, str] = {}  # custom attribute -> the kind it was given
         self._delay = 0.0
         self._validate = False
         self.on_request = on_request
@@ -276,8 +395,11 @@ class FakeMiso:
     def __repr__(self) -> str:
         state = "closed" if self._closed else "running"
         with self._cond:
-            n_records = len(self._records)
-        return f"<FakeMiso {state} url={self.url!r} records={n_records} validate={self._validate}>"
+            n_records, n_users = len(self._records), len(self._users)
+        return (
+            f"<FakeMiso {state} url={self.url!r} records={n_records} users={n_users} "
+            f"validate={self._validate}>"
+        )
 
     # ------------------------------------------------------------------ addresses
 
@@ -291,6 +413,15 @@ class FakeMiso:
     def interactions_url(self) -> str:
         """``{url}/v1/interactions``."""
         return self.url + INTERACTIONS_PATH
+
+    @property
+    def users_url(self) -> str:
+        """``{url}/v1/users``."""
+        return self.url + USERS_PATH
+
+    def user_url(self, user_id: str) -> str:
+        """``{url}/v1/users/{user_id}`` with the id percent-encoded (``/`` too)."""
+        return f"{self.users_url}/{quote(user_id, safe='')}"
 
     @property
     def api_key(self) -> str:
@@ -307,9 +438,59 @@ class FakeMiso:
 
     @property
     def deleted_user_ids(self) -> list[Any]:
-        """User ids received by ``DELETE /v1/interactions``, in order (a copy)."""
+        """User ids received by ``DELETE /v1/interactions``, in order (a copy).
+
+        Users deleted through the User APIs are in :attr:`deleted_users`.
+        """
         with self._cond:
             return list(self._deleted)
+
+    @property
+    def users(self) -> dict[str, dict[str, Any]]:
+        """The stored User records by ``user_id``, in first-upload order (deep copies)."""
+        with self._cond:
+            return copy.deepcopy(self._users)
+
+    @property
+    def user_uploads(self) -> list[list[Any]]:
+        """The records of each ``POST /v1/users`` answered 200, one list per request, in order
+        (deep copies), whatever became of its task: to check batch sizes and duplicates."""
+        with self._cond:
+            return copy.deepcopy(self._user_uploads)
+
+    @property
+    def deleted_users(self) -> list[str]:
+        """User ids deleted through ``DELETE /v1/users/{user_id}`` and ``POST /v1/users/_delete``,
+        in order, once their task succeeded (ids that were not stored included; a copy)."""
+        with self._cond:
+            return list(self._deleted_users)
+
+    @property
+    def tasks(self) -> dict[str, dict[str, Any]]:
+        """Every User API task by id, in order: ``{"task_id", "kind": "upload" | "delete",
+        "status", "errors"}`` (copies)."""
+        with self._cond:
+            return {
+                task_id: {**task.status_data(), "kind": task.kind}
+                for task_id, task in self._tasks.items()
+            }
+
+    def wait_for_users(self, n: int, timeout: float = 10.0) -> dict[str, dict[str, Any]]:
+        """Block until at least ``n`` users are stored; return :attr:`users`.
+
+        Raises AssertionError, saying how many are stored, when ``timeout`` seconds pass first.
+        """
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while len(self._users) < n:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise AssertionError(
+                        f"FakeMiso: expected at least {n} stored users within {timeout}s, "
+                        f"got {len(self._users)} (from {len(self._user_uploads)} uploads)"
+                    )
+                self._cond.wait(remaining)
+            return copy.deepcopy(self._users)
 
     @property
     def requests(self) -> list[RequestLog]:
@@ -345,6 +526,7 @@ class FakeMiso:
     def validate(self, value: bool) -> None:
         if value:
             self._load_validators()
+            self._load_user_validator()
         self._validate = bool(value)
 
     def fail_next(
@@ -353,12 +535,21 @@ class FakeMiso:
         times: int = 1,
         headers: Mapping[str, str] | None = None,
         body: bytes | str | dict | list | None = None,
+        *,
+        path: str | None = INTERACTIONS_PATH,
+        method: str | None = None,
     ) -> None:
-        """Answer the next ``times`` POST/DELETE requests with ``status``, after earlier faults.
+        """Answer the next ``times`` matching requests with ``status``, after earlier faults.
 
         ``headers`` are added to the answer (e.g. ``{"Retry-After": "1"}`` for a 429).  ``body``
         may be bytes, text, or a JSON value; the default is Miso's body for 401, 403 and 500,
         otherwise ``{"message": <reason phrase>}``.
+
+        A request matches when it goes to ``path`` (a route as the module's ``*_PATH``
+        constants spell it, such as ``USER_PATH``, or one request path such as
+        ``"/v1/users/u1"``; None: any route) with ``method`` (None: any method the route takes).
+        Each request takes the oldest queued fault it matches.  The default is every
+        ``POST``/``DELETE /v1/interactions``.
         """
         if not 100 <= status <= 599:
             raise ValueError(f"not an HTTP status: {status!r}")
@@ -371,16 +562,63 @@ class FakeMiso:
         elif not isinstance(body, bytes):
             body = _json_bytes(body)
         fault = _Fault(status, tuple((headers or {}).items()), body)
+        self._queue_fault(fault, times, path, method)
+
+    def disconnect_next(
+        self, times: int = 1, *, path: str | None = INTERACTIONS_PATH, method: str | None = None
+    ) -> None:
+        """Drop the connection, without answering, on the next ``times`` matching requests.
+
+        Queued in the same FIFO as :meth:`fail_next`, matched the same way (by default,
+        ``POST``/``DELETE /v1/interactions``).  Clients see a connection error.
+        """
+        self._queue_fault(None, times, path, method)
+
+    def _queue_fault(
+        self, fault: _Fault | None, times: int, path: str | None, method: str | None
+    ) -> None:
+        if times <= 0:
+            return
+        entry = _QueuedFault(fault, path, None if method is None else method.upper(), times)
         with self._cond:
-            self._faults.extend([fault] * times)
+            self._faults.append(entry)
 
-    def disconnect_next(self, times: int = 1) -> None:
-        """Drop the connection, without answering, on the next ``times`` POST/DELETE requests.
+    def fail_next_task(self, errors: Iterable[str] | None = None, times: int = 1) -> None:
+        """Make the next ``times`` User API tasks (uploads or deletes) fail after acceptance.
 
-        Queued in the same FIFO as :meth:`fail_next`.  Clients see a connection error.
+        The request itself is still answered 200 with a ``task_id``; none of the task's changes
+        are made, and ``GET /v1/users/_status/{task_id}`` answers ``"status": "failed"`` with
+        ``errors`` (default: one line saying this method failed it).  Queued in one FIFO with
+        :meth:`hold_next_task`.
+        """
+        lines = [_FAILED_TASK_MESSAGE] if errors is None else [str(line) for line in errors]
+        if times > 0:
+            with self._cond:
+                self._task_plans.append(_TaskPlan(lines, times))
+
+    def hold_next_task(self, times: int = 1) -> None:
+        """Keep the next ``times`` User API tasks ``"pending"``, their changes not yet made,
+        until :meth:`complete_task` ends each one."""
+        if times > 0:
+            with self._cond:
+                self._task_plans.append(_TaskPlan(None, times))
+
+    def complete_task(self, task_id: str, errors: Iterable[str] | None = None) -> dict[str, Any]:
+        """End a pending task: make its changes (``errors`` None), or fail it with ``errors``.
+
+        Returns the task's status (the ``data`` of its status answer).  KeyError for an unknown
+        task, ValueError for one that is not pending.
         """
         with self._cond:
-            self._faults.extend([None] * times)
+            task = self._tasks[task_id]
+            if task.status != "pending":
+                raise ValueError(f"task {task_id} is {task.status}, not pending")
+            if errors is None:
+                self._apply_task(task)
+            else:
+                task.status, task.errors = "failed", [str(line) for line in errors]
+            self._cond.notify_all()
+            return task.status_data()
 
     def reject_records(
         self,
@@ -418,11 +656,19 @@ class FakeMiso:
     def reset(self) -> None:
         """Forget records, deleted ids, requests and server errors; drop faults, rules and delay.
 
-        Valid keys and ``validate`` stay as configured.
+        Also forgets the User APIs' state: users, uploads, deleted users, tasks, queued task
+        outcomes and the custom attribute types seen.  Valid keys and ``validate`` stay as
+        configured.
         """
         with self._cond:
             self._records.clear()
             self._deleted.clear()
+            self._users.clear()
+            self._user_uploads.clear()
+            self._deleted_users.clear()
+            self._tasks.clear()
+            self._task_plans.clear()
+            self._custom_types.clear()
             self._requests.clear()
             self._faults.clear()
             self._rules.clear()
@@ -457,6 +703,31 @@ class FakeMiso:
             root = {"$defs": defs, "$ref": f"#/$defs/{name}"}
             validators[type_name] = Draft202012Validator(root, format_checker=checker)
         return validators
+
+    @classmethod
+    def _load_user_validator(cls) -> Any:
+        with cls._validators_lock:
+            if cls._user_validator is None:
+                cls._user_validator = cls._build_user_validator()
+            return cls._user_validator
+
+    @staticmethod
+    def _build_user_validator() -> Any:
+        try:
+            import rfc3339_validator  # noqa: F401  (jsonschema skips date-time checks without it)
+            from jsonschema import Draft202012Validator, FormatChecker
+        except ImportError as exc:
+            raise ImportError(_INSTALL_HINT) from exc
+        text = resources.files("adapter").joinpath("data/miso-users.schema.json")
+        defs = orjson.loads(text.read_bytes())["$defs"]
+        # The description of custom_attributes allows null values; its anyOf leaves them out.
+        attribute = defs["UserRecord"]["properties"]["custom_attributes"]["additionalProperties"]
+        attribute["anyOf"].append({"type": "null"})
+        checker = FormatChecker()
+        if "uri" not in checker.checkers:  # jsonschema checks "uri" only with rfc3987 installed
+            checker.checks("uri")(_looks_like_uri)
+        root = {"$defs": defs, "$ref": "#/$defs/UserRecord"}
+        return Draft202012Validator(root, format_checker=checker)
 
     def _key_ok(self, key: str | None) -> bool:
         if not key:
@@ -493,49 +764,64 @@ class FakeMiso:
         def log(status: int, n: int = 0) -> RequestLog:
             return RequestLog(method, parts.path, status, n, key_ok, body, encoding, query)
 
-        if parts.path != INTERACTIONS_PATH:
+        route = _route(parts.path)
+        if route is None:
             return _json_answer(404, {"message": "Not Found"}), log(404)
-        if method not in ("POST", "DELETE"):
+        template, param = route
+        allowed = _ROUTE_METHODS[template]
+        if method not in allowed:
             answer = _json_answer(405, {"message": "Method Not Allowed"})
-            answer.headers.append(("Allow", "POST, DELETE"))
+            answer.headers.append(("Allow", ", ".join(allowed)))
             return answer, log(405)
 
-        list_key = "data" if method == "POST" else "user_ids"
-        items = document.get(list_key) if isinstance(document, dict) else None
-        n = len(items) if isinstance(items, list) else 0
+        n = _count_sent(template, method, document)
         with self._cond:
-            if self._faults:
-                fault = self._faults.popleft()
-                if fault is None:
-                    return _Answer(0, b"", disconnect=True), log(0, n)
-                answer = _Answer(fault.status, fault.body, [("Content-Type", "application/json")])
-                for name, value in fault.headers:
-                    answer.headers = [h for h in answer.headers if h[0].lower() != name.lower()]
-                    answer.headers.append((name, value))
-                return answer, log(fault.status, n)
+            matched, fault = self._take_fault(template, parts.path, method)
+        if matched:
+            if fault is None:
+                return _Answer(0, b"", disconnect=True), log(0, n)
+            answer = _Answer(fault.status, fault.body, [("Content-Type", "application/json")])
+            for name, value in fault.headers:
+                answer.headers = [h for h in answer.headers if h[0].lower() != name.lower()]
+                answer.headers.append((name, value))
+            return answer, log(fault.status, n)
         if not key_ok:
             return _json_answer(401, INVALID_KEY_BODY), log(401, n)
+        if template == USER_PATH:
+            return self._user(method, param or "", log, n)
+        if template == USERS_STATUS_PATH:
+            return self._task_status(param or "", log)
         if not encoding_ok:
             message = f"Unsupported Content-Encoding: {encoding}"
             return _json_answer(415, {"message": message}), log(415, n)
-        if decode_error is not None or parse_error is not None:
-            return _schema_error([f"body is invalid. {decode_error or parse_error}"]), log(422, n)
+        body_error = decode_error or parse_error
+        if template == USERS_DELETE_PATH:
+            return self._delete_users(document, body_error, log, n)
+        if body_error is not None:
+            return _schema_error([f"body is invalid. {body_error}"]), log(422, n)
+        if template == USERS_PATH:
+            return self._post_users(document, log, n)
         if method == "DELETE":
             return self._delete(document, log, n)
         return self._post(document, log, n)
 
+    def _take_fault(self, route: str, path: str, method: str) -> tuple[bool, _Fault | None]:
+        """Take one use of the oldest queued fault this request matches (lock held)."""
+        for entry in self._faults:
+            if entry.matches(route, path, method):
+                entry.left -= 1
+                if entry.left <= 0:
+                    self._faults.remove(entry)
+                return True, entry.fault
+        return False, None
+
     def _post(
         self, document: Any, log: Callable[..., RequestLog], n: int
     ) -> tuple[_Answer, RequestLog]:
-        if not isinstance(document, dict):
-            line = f"body is invalid. {_short(document)} is not of type 'object'"
+        line = _envelope_line(document)
+        if line is not None:
             return _schema_error([line]), log(422, n)
-        if "data" not in document:
-            return _schema_error(["data is invalid. 'data' is a required property"]), log(422, n)
         records = document["data"]
-        if not isinstance(records, list):
-            line = f"data is invalid. {_short(records)} is not of type 'array'"
-            return _schema_error([line]), log(422, n)
         with self._cond:
             rules = list(self._rules)
         lines = self._schema_lines(records) if self._validate else []
@@ -564,6 +850,152 @@ class FakeMiso:
         with self._cond:
             self._deleted.extend(document["user_ids"])
         return _json_answer(200, SUCCESS_BODY), log(200, n)
+
+    # ------------------------------------------------------------------ User APIs
+
+    def _post_users(
+        self, document: Any, log: Callable[..., RequestLog], n: int
+    ) -> tuple[_Answer, RequestLog]:
+        line = _envelope_line(document)
+        if line is not None:
+            return _schema_error([line]), log(422, n)
+        records = document["data"]
+        lines = self._user_lines(records)
+        if lines:
+            return _schema_error(lines), log(422, n)
+        with self._cond:
+            self._user_uploads.append(records)
+            task = self._start_task("upload", records)
+        return _task_answer("success", task), log(200, n)
+
+    def _user(
+        self, method: str, user_id: str, log: Callable[..., RequestLog], n: int
+    ) -> tuple[_Answer, RequestLog]:
+        if len(user_id) > _MAX_USER_ID:
+            message = f"ensure this value has at most {_MAX_USER_ID} characters"
+            kind = "value_error.any_str.max_length"
+            detail = {"loc": ["path", "user_id"], "msg": message, "type": kind}
+            return _json_answer(422, {"detail": [detail]}), log(422, n)
+        if method == "GET":
+            with self._cond:
+                record = self._users.get(user_id)  # stored records are replaced, never changed
+            if record is None:
+                return _json_answer(404, _NOT_FOUND_BODY), log(404, n)
+            return _json_answer(200, {"message": "success", "data": record}), log(200, n)
+        with self._cond:
+            task = self._start_task("delete", [user_id])
+        return _task_answer("deleted", task), log(200, n)
+
+    def _delete_users(
+        self,
+        document: Any,
+        body_error: str | None,
+        log: Callable[..., RequestLog],
+        n: int,
+    ) -> tuple[_Answer, RequestLog]:
+        details = _bulk_delete_details(document, body_error)
+        if details:
+            return _json_answer(422, {"detail": details}), log(422, n)
+        with self._cond:
+            task = self._start_task("delete", list(document["data"]["user_ids"]))
+        return _task_answer("deleted", task), log(200, n)
+
+    def _task_status(
+        self, task_id: str, log: Callable[..., RequestLog]
+    ) -> tuple[_Answer, RequestLog]:
+        with self._cond:
+            task = self._tasks.get(task_id)
+            data = None if task is None else task.status_data()
+        if data is None:
+            return _json_answer(404, _NOT_FOUND_BODY), log(404)
+        return _json_answer(200, {"data": data}), log(200)
+
+    def _start_task(self, kind: str, payload: list[Any]) -> _Task:
+        """Create a task and, unless a queued plan holds or fails it, apply it (lock held)."""
+        task = _Task(str(uuid.uuid4()), kind, payload)
+        self._tasks[task.task_id] = task
+        plan = self._task_plans[0] if self._task_plans else None
+        if plan is None:
+            self._apply_task(task)
+        else:
+            plan.left -= 1
+            if plan.left <= 0:
+                self._task_plans.popleft()
+            if plan.errors is not None:
+                task.status, task.errors = "failed", list(plan.errors)
+        self._cond.notify_all()
+        return task
+
+    def _apply_task(self, task: _Task) -> None:
+        """Make a task's changes and set its outcome (lock held)."""
+        if task.kind == "delete":
+            for user_id in task.payload:
+                self._users.pop(user_id, None)
+                self._deleted_users.append(user_id)
+            task.status, task.errors = "success", []
+            return
+        errors: list[str] = []
+        for index, record in enumerate(task.payload):
+            lines = self._custom_type_lines(index, record)
+            if lines:
+                errors.extend(lines)
+            else:
+                self._users[record["user_id"]] = record
+        task.status, task.errors = ("failed" if errors else "success"), errors
+
+    def _custom_type_lines(self, index: int, record: dict[str, Any]) -> list[str]:
+        """Lines for custom attributes whose type differs from earlier records' (lock held);
+        when there are none, the record's types become the known ones."""
+        attributes = record.get("custom_attributes")
+        if not isinstance(attributes, dict):
+            return []
+        lines: list[str] = []
+        new: dict[str, str] = {}
+        for key, value in attributes.items():
+            kind = _attribute_kind(value)
+            if kind is None:
+                continue
+            known = self._custom_types.get(key)
+            if known is None:
+                new[key] = kind
+            elif known != kind:
+                lines.append(
+                    f"data.{index}.custom_attributes.{key} is invalid. The attribute holds a "
+                    f"{kind} here but a {known} in earlier User records; each custom attribute "
+                    "must keep one type."
+                )
+        if not lines:
+            self._custom_types.update(new)
+        return lines
+
+    def _user_lines(self, records: list[Any]) -> list[str]:
+        """Miso-style lines for every invalid record of a ``POST /v1/users``, in order."""
+        validator = self._load_user_validator() if self._validate else None
+        lines: list[str] = []
+        for index, record in enumerate(records):
+            prefix = f"data.{index}"
+            if not isinstance(record, dict):
+                lines.append(f"{prefix} is invalid. {_short(record)} is not of type 'object'")
+                continue
+            user_id = record.get("user_id")
+            if validator is None:  # still needs an id to store the record by
+                if not isinstance(user_id, str) or not user_id:
+                    lines.append(
+                        f"{prefix}.user_id is invalid. {_short(user_id)} is not a non-empty string"
+                    )
+                continue
+            seen: set[str] = set()
+            for error in validator.iter_errors(record):
+                for line in _user_error_lines(prefix, error):
+                    if line not in seen:
+                        seen.add(line)
+                        lines.append(line)
+            if isinstance(user_id, str) and user_id.startswith("_"):
+                lines.append(
+                    f"{prefix}.user_id is invalid. {_short(user_id)} starts with '_', which a "
+                    "user_id must not"
+                )
+        return lines
 
     def _schema_lines(self, records: list[Any]) -> list[str]:
         validators = self._load_validators()
@@ -623,6 +1055,10 @@ def _json_answer(status: int, body: Any) -> _Answer:
     return _Answer(status, _json_bytes(body), [("Content-Type", "application/json")])
 
 
+def _task_answer(message: str, task: _Task) -> _Answer:
+    return _json_answer(200, {"message": message, "data": {"task_id": task.task_id}})
+
+
 def _schema_error(lines: list[str]) -> _Answer:
     return _json_answer(422, {"errors": True, "message": SCHEMA_ERROR_MESSAGE, "data": lines})
 
@@ -675,6 +1111,118 @@ def _rule_lines(records: list[Any], rules: list[_Rule]) -> list[str]:
 def _line_index(line: str) -> int:
     head = line.split(" ", 1)[0].split(".")
     return int(head[1]) if len(head) > 1 and head[1].isdigit() else -1
+
+
+def _envelope_line(document: Any) -> str | None:
+    """The line for a body that is not ``{"data": [...]}``; None when it is."""
+    if not isinstance(document, dict):
+        return f"body is invalid. {_short(document)} is not of type 'object'"
+    if "data" not in document:
+        return "data is invalid. 'data' is a required property"
+    if not isinstance(document["data"], list):
+        return f"data is invalid. {_short(document['data'])} is not of type 'array'"
+    return None
+
+
+def _route(path: str) -> tuple[str, str | None] | None:
+    """The route (one of ``_ROUTE_METHODS``) a raw request path is for, and its decoded path
+    parameter; None for a path the fake does not serve.  A user id may hold ``%2F``."""
+    if path in (INTERACTIONS_PATH, USERS_PATH, USERS_DELETE_PATH):
+        return path, None
+    rest = path.removeprefix(USERS_PATH + "/")
+    if rest == path or not rest:
+        return None
+    if rest.startswith("_status/"):
+        task_id = rest.removeprefix("_status/")
+        return (USERS_STATUS_PATH, unquote(task_id)) if task_id and "/" not in task_id else None
+    if "/" in rest or rest.startswith("_"):  # "_..." names Miso's own routes, never a user
+        return None
+    return USER_PATH, unquote(rest)
+
+
+def _count_sent(route: str, method: str, document: Any) -> int:
+    """``RequestLog.n_records`` for a request: how many records or ids it sent."""
+    if route == USER_PATH:
+        return 1 if method == "DELETE" else 0
+    if method == "GET" or not isinstance(document, dict):
+        return 0
+    if route == USERS_DELETE_PATH:
+        data = document.get("data")
+        items = data.get("user_ids") if isinstance(data, dict) else None
+    elif method == "DELETE":
+        items = document.get("user_ids")
+    else:
+        items = document.get("data")
+    return len(items) if isinstance(items, list) else 0
+
+
+def _user_error_lines(prefix: str, error: Any) -> list[str]:
+    """Like :func:`_error_lines`, with plainer messages for the anyOf fields of UserRecord."""
+    subs = list(error.context or ()) if error.validator == "anyOf" else []
+    if subs and all(sub.validator in ("format", "type") and not sub.path for sub in subs):
+        path = _path_text(error.absolute_path)
+        base = f"{prefix}.{path}" if path else prefix
+        value = _short(error.instance)
+        if all(sub.validator == "format" for sub in subs):
+            formats = dict.fromkeys(repr(sub.validator_value) for sub in subs)
+            return [f"{base} is invalid. {value} is not a {' or a '.join(formats)}"]
+        if all(sub.validator == "type" for sub in subs):
+            types = dict.fromkeys(repr(sub.validator_value) for sub in subs)
+            return [f"{base} is invalid. {value} is not of type {', '.join(types)}"]
+    return _error_lines(prefix, error)
+
+
+def _bulk_delete_details(document: Any, body_error: str | None) -> list[dict[str, Any]]:
+    """FastAPI's 422 ``detail`` items for a ``POST /v1/users/_delete`` body (none if valid)."""
+
+    def detail(loc: list[Any], msg: str, kind: str) -> dict[str, Any]:
+        return {"loc": ["body", *loc], "msg": msg, "type": kind}
+
+    if body_error is not None:
+        return [detail([], body_error, "value_error.jsondecode")]
+    if not isinstance(document, dict):
+        return [detail([], "value is not a valid dict", "type_error.dict")]
+    if "data" not in document:
+        return [detail(["data"], "field required", "value_error.missing")]
+    data = document["data"]
+    if not isinstance(data, dict):
+        return [detail(["data"], "value is not a valid dict", "type_error.dict")]
+    if "user_ids" not in data:
+        return [detail(["data", "user_ids"], "field required", "value_error.missing")]
+    user_ids = data["user_ids"]
+    if not isinstance(user_ids, list):
+        return [detail(["data", "user_ids"], "value is not a valid list", "type_error.list")]
+    return [
+        detail(["data", "user_ids", index], "str type expected", "type_error.str")
+        for index, user_id in enumerate(user_ids)
+        if not isinstance(user_id, str)
+    ]
+
+
+def _attribute_kind(value: Any) -> str | None:
+    """The type a custom attribute value gives its key: one name for a value and an array of
+    such values (``1`` and ``[1, 2]``: "number"); None for null, ``[]`` and mixed arrays."""
+    if isinstance(value, list):
+        kinds = {_attribute_kind(item) for item in value if not isinstance(item, list)}
+        return kinds.pop() if len(kinds) == 1 else None
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, dict):
+        return "object"
+    return None
+
+
+_URI = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*:[^\s<>\"{}|\\^`]*\Z")
+
+
+def _looks_like_uri(value: object) -> bool:
+    """A light check of the ``uri`` format: a scheme, then no spaces or characters that a URI
+    never holds unescaped."""
+    return not isinstance(value, str) or _URI.match(value) is not None
 
 
 # ------------------------------------------------------------------ HTTP plumbing
@@ -1737,7 +2285,8 @@ def main(argv: list[str] | None = None) -> int:
         argv = argv[1:]
     parser = argparse.ArgumentParser(
         prog="python -m adapter.testing [miso]",
-        description="Run a fake Miso Interactions API locally, to try miso-adapter offline.",
+        description="Run a fake Miso (Interactions and User APIs) locally, to try miso-adapter "
+        "offline.",
         epilog="python -m adapter.testing mixpanel --help: a fake Mixpanel export API instead.",
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1)")
@@ -1761,7 +2310,8 @@ def main(argv: list[str] | None = None) -> int:
                 body = orjson.loads(entry.body)
             except orjson.JSONDecodeError:
                 return
-            for item in body.get("data", []) if isinstance(body, dict) else []:
+            items = body.get("data") if isinstance(body, dict) else None
+            for item in items if isinstance(items, list) else []:
                 print(f"  {orjson.dumps(item).decode()}", flush=True)
 
     try:
@@ -1784,14 +2334,21 @@ def main(argv: list[str] | None = None) -> int:
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, stop)
     with miso:
-        print(f"FakeMiso listening on {miso.url} (POST/DELETE {INTERACTIONS_PATH})", flush=True)
+        print(
+            f"FakeMiso listening on {miso.url} (POST/DELETE {INTERACTIONS_PATH}, {USERS_PATH})",
+            flush=True,
+        )
         print(f"  MISO_API_URL={miso.url}  (key: the --api-key value)", flush=True)
         try:
             while True:
                 time.sleep(3600)
         except KeyboardInterrupt:
             pass
-        print(f"FakeMiso stopped; {len(miso.records)} records accepted.", flush=True)
+        print(
+            f"FakeMiso stopped; {len(miso.records)} records accepted, "
+            f"{len(miso.users)} users stored.",
+            flush=True,
+        )
     return 0
 
 
