@@ -275,7 +275,44 @@ def _path_text(path: Iterable[Any]) -> str:
     return ".".join(str(part) for part in path)
 
 
-class FakeMiso:
+class _LoopbackServer:
+    """What the fakes share: a threaded HTTP server on loopback, a context manager, close()."""
+
+    _closed = True
+
+    def _serve(self, host: str, port: int, handler: type) -> None:
+        self._closed = False
+        self._closing = threading.Event()  # set on close: wakes handlers that wait on purpose
+        self._server = _Server((host, port), handler, self)  # type: ignore[arg-type]
+        self._thread = threading.Thread(
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name=f"{type(self).__name__}:{self._server.server_address[1]}",
+            daemon=True,
+        )
+        self._thread.start()
+
+    def __enter__(self) -> Any:
+        if self._closed:
+            raise RuntimeError(f"{type(self).__name__} is closed")
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop serving, drop open connections (streams included), join the server's threads."""
+        if self._closed:
+            return
+        self._closed = True
+        self._closing.set()
+        self._server.shutdown()
+        self._thread.join()
+        self._server.server_close()
+        self._server.close_connections()
+
+
+class FakeMiso(_LoopbackServer):
     """A fake Miso Interactions API and User APIs served over real HTTP on loopback.
 
     The server starts when the object is created and stops on :meth:`close` (or at the end of a
@@ -360,37 +397,7 @@ class FakeMiso:
         #: request was answered 500.
         self.server_errors: list[BaseException] = []
         self.validate = validate  # loads the validators (and checks jsonschema) when True
-        self._closed = False
-        self._closing = threading.Event()  # wakes handlers sleeping in set_delay()
-        self._server = _Server((host, port), _Handler, self)
-        self._thread = threading.Thread(
-            target=self._server.serve_forever,
-            kwargs={"poll_interval": 0.05},
-            name=f"FakeMiso:{self._server.server_address[1]}",
-            daemon=True,
-        )
-        self._thread.start()
-
-    # ----------------------------------------------------------------- lifecycle
-
-    def __enter__(self) -> FakeMiso:
-        if self._closed:
-            raise RuntimeError("FakeMiso is closed")
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        """Stop serving, drop open keep-alive connections and join the server's threads."""
-        if self._closed:
-            return
-        self._closed = True
-        self._closing.set()
-        self._server.shutdown()
-        self._thread.join()
-        self._server.server_close()
-        self._server.close_connections()
+        self._serve(host, port, _Handler)  # _closing wakes handlers sleeping in set_delay()
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "running"
@@ -1271,32 +1278,40 @@ class _Server(ThreadingHTTPServer):
             thread.join(max(0.0, deadline - time.monotonic()))
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _FakeHandler(BaseHTTPRequestHandler):
+    """What the fakes' handlers share: HTTP/1.1 keep-alive, quiet, every method to _handle."""
+
     protocol_version = "HTTP/1.1"
     # Headers and body go out in separate writes; without this, Nagle's algorithm and the
     # client's delayed ACK add ~40 ms to every keep-alive answer.
     disable_nagle_algorithm = True
-    server_version = "FakeMiso/1.0"
     sys_version = ""
     server: _Server
 
     def log_message(self, format: str, *args: Any) -> None:
         pass
 
-    def do_POST(self) -> None:
-        self._handle()
-
-    def do_DELETE(self) -> None:
-        self._handle()
+    def _handle(self) -> None:
+        raise NotImplementedError
 
     def do_GET(self) -> None:
+        self._handle()
+
+    def do_POST(self) -> None:
         self._handle()
 
     def do_PUT(self) -> None:
         self._handle()
 
+    def do_DELETE(self) -> None:
+        self._handle()
+
     def do_PATCH(self) -> None:
         self._handle()
+
+
+class _Handler(_FakeHandler):
+    server_version = "FakeMiso/1.0"
 
     def _handle(self) -> None:
         fake = self.server.fake
@@ -1475,7 +1490,7 @@ class _Plan:
     cut: _MixpanelFault | None = None
 
 
-class FakeMixpanel:
+class FakeMixpanel(_LoopbackServer):
     """A fake Mixpanel Raw Event Export API (``GET /api/2.0/export``) on real loopback HTTP.
 
     It holds event rows and serves them the way the export does (see Mixpanel's reference,
@@ -1563,37 +1578,7 @@ class FakeMixpanel:
         self._last_second: collections.deque[float] = collections.deque()
         self._last_hour: collections.deque[float] = collections.deque()
         self.add_rows(rows)
-        self._closed = False
-        self._closing = threading.Event()  # wakes handlers sleeping in delay_next()
-        self._server = _Server((host, port), _MixpanelHandler, self)  # type: ignore[arg-type]
-        self._thread = threading.Thread(
-            target=self._server.serve_forever,
-            kwargs={"poll_interval": 0.05},
-            name=f"FakeMixpanel:{self._server.server_address[1]}",
-            daemon=True,
-        )
-        self._thread.start()
-
-    # ----------------------------------------------------------------- lifecycle
-
-    def __enter__(self) -> FakeMixpanel:
-        if self._closed:
-            raise RuntimeError("FakeMixpanel is closed")
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        """Stop serving, drop open connections (streams included) and join the server's threads."""
-        if self._closed:
-            return
-        self._closed = True
-        self._closing.set()
-        self._server.shutdown()
-        self._thread.join()
-        self._server.server_close()
-        self._server.close_connections()
+        self._serve(host, port, _MixpanelHandler)  # _closing wakes handlers in delay_next()
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "running"
@@ -2044,30 +2029,8 @@ def _chunk(data: bytes) -> bytes:
     return b"%x\r\n%s\r\n" % (len(data), data)
 
 
-class _MixpanelHandler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    disable_nagle_algorithm = True
+class _MixpanelHandler(_FakeHandler):
     server_version = "FakeMixpanel/1.0"
-    sys_version = ""
-    server: _Server
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-    def do_GET(self) -> None:
-        self._handle()
-
-    def do_POST(self) -> None:
-        self._handle()
-
-    def do_PUT(self) -> None:
-        self._handle()
-
-    def do_DELETE(self) -> None:
-        self._handle()
-
-    def do_PATCH(self) -> None:
-        self._handle()
 
     def _handle(self) -> None:
         fake: FakeMixpanel = self.server.fake  # type: ignore[assignment]
