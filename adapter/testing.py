@@ -292,6 +292,12 @@ class _LoopbackServer:
         )
         self._thread.start()
 
+    @property
+    def url(self) -> str:
+        """Base URL, e.g. ``http://127.0.0.1:54321``."""
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}"
+
     def __enter__(self) -> Any:
         if self._closed:
             raise RuntimeError(f"{type(self).__name__} is closed")
@@ -409,12 +415,6 @@ class FakeMiso(_LoopbackServer):
         )
 
     # ------------------------------------------------------------------ addresses
-
-    @property
-    def url(self) -> str:
-        """Base URL, e.g. ``http://127.0.0.1:54321``; clients post to ``{url}/v1/interactions``."""
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
 
     @property
     def interactions_url(self) -> str:
@@ -1590,12 +1590,6 @@ class FakeMixpanel(_LoopbackServer):
         )
 
     # ------------------------------------------------------------------ addresses
-
-    @property
-    def url(self) -> str:
-        """Base URL, e.g. ``http://127.0.0.1:54321``: the export is ``{url}/api/2.0/export``."""
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
 
     @property
     def export_url(self) -> str:
