@@ -33,6 +33,7 @@ import orjson
 
 from adapter import metrics, records
 from adapter.activity import Activity
+from adapter.identity import complete_ids
 from adapter.miso import MisoClient, Outcome, key_id
 from adapter.store import Claimed, Store, StoreError
 
@@ -227,32 +228,12 @@ class Forwarder:
             pending.extend(self._settle(items, outcome))
 
     def _complete_ids(self, parsed: list[tuple[Claimed, dict]]) -> None:
-        """Give every record both ids when a link is known, as it goes out.
-
-        Applied at send time, so records queued before their link was learned still
-        reach Miso with both ids: an anonymous-only record gets its user; a user-only
-        record gets the user's most recently linked anonymous id, unless its "user" is
-        itself a known anonymous id (a device's row read before its sign-in), which then
-        becomes the anonymous id beside its user. A record carrying both is left as it is.
-        """
-        anonymous = [
-            r["anonymous_id"] for _, r in parsed if "user_id" not in r and "anonymous_id" in r
-        ]
-        users = [r["user_id"] for _, r in parsed if "anonymous_id" not in r and "user_id" in r]
-        if not anonymous and not users:
-            return
-        user_of, anonymous_of = self.store.resolve(anonymous + users, users)
-        for item, record in parsed:
-            if "user_id" not in record and record.get("anonymous_id") in user_of:
-                record["user_id"] = user_of[record["anonymous_id"]]
-            elif "anonymous_id" not in record and record.get("user_id") in user_of:
-                record["anonymous_id"] = record["user_id"]
-                record["user_id"] = user_of[record["anonymous_id"]]
-            elif "anonymous_id" not in record and record.get("user_id") in anonymous_of:
-                record["anonymous_id"] = anonymous_of[record["user_id"]]
-            else:
-                continue
-            item.body = orjson.dumps(record)
+        """Give every record both ids when a link is known, as it goes out (the rule:
+        :func:`adapter.identity.complete_ids`). Applied at send time, so records queued
+        before their link was learned still reach Miso with both ids."""
+        records = [record for _, record in parsed]
+        for index in complete_ids(records, self.store.resolve):
+            parsed[index][0].body = orjson.dumps(records[index])
 
     def _settle(self, items: list[Claimed], outcome: Outcome) -> list[list[Claimed]]:
         """Act on Miso's answer; return sub-batches that should be sent again now."""

@@ -360,7 +360,8 @@ def test_a_link_from_an_earlier_replay_makes_a_later_exports_device_rows_anonymo
     preview = service.cli("replay", "mixpanel", str(week2_path), "--dry-run")
     assert preview.returncode == 0, preview.stderr[-4000:]
     shown = [orjson.loads(line) for line in preview.stdout.splitlines()]
-    assert [(r.get("user_id"), r["anonymous_id"]) for r in shown] == [(None, device)] * 2
+    # The device's rows, with the user the forwarder would add from last week's link.
+    assert [(r.get("user_id"), r["anonymous_id"]) for r in shown] == [(user, device)] * 2
     done = service.cli("replay", "mixpanel", str(week2_path))
     assert done.returncode == 0, done.stderr[-4000:]
     records = miso.wait_for(2, timeout=30)

@@ -20,6 +20,7 @@ from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
 
+import orjson
 import pytest
 
 from adapter.replay import checkpoint_name
@@ -316,6 +317,28 @@ def test_dry_run_shows_exactly_what_the_replay_then_sends(cli, miso, tmp_path):
     assert summary_number(preview.stderr, "records written") == summary_number(
         done.stderr, "records accepted"
     )
+
+
+def test_dry_run_records_are_the_records_miso_receives_ids_and_all(cli, miso, tmp_path):
+    """Within one chunk (links stored with the records they complete), the dry run's records
+    are, field for field, the records Miso then receives: ids filled from links included."""
+    full = write_export(tmp_path / "small.jsonl", 900, dup_rate=0.2, seed=11)
+    lines = full.path.read_bytes().splitlines(keepends=True)
+    earlier = tmp_path / "earlier.jsonl"
+    earlier.write_bytes(b"".join(lines[:300]))
+    cli.replay(earlier)  # links and dedup keys already in the store
+    miso.reset()
+    out = tmp_path / "preview.jsonl"
+    cli.replay(full.path, "--dry-run", "--output", out)
+    cli.replay(full.path)
+
+    def canonical(records: list[dict]) -> list[bytes]:
+        return sorted(orjson.dumps(r, option=orjson.OPT_SORT_KEYS) for r in records)
+
+    shown = read_jsonl(out)
+    assert canonical(shown) == canonical(miso.records)
+    both = [r for r in shown if r.get("user_id") and r.get("anonymous_id")]
+    assert len(both) > 10  # the comparison covers records completed from links
 
 
 def test_since_until_filter_by_date(cli, miso, export, tmp_path):
