@@ -501,9 +501,14 @@ def _consume_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _consume(args: argparse.Namespace) -> int:
+    from adapter.sources.kafka import KafkaSettings, kafka_client_missing
+
+    missing = kafka_client_missing()
+    if missing is not None:
+        print(f"error: {missing}", file=sys.stderr)
+        return 1
     from adapter.consume import Consumer, check_brokers
     from adapter.replay import forwarder_child
-    from adapter.sources.kafka import KafkaSettings
 
     _logging()
     config = Config()
@@ -675,10 +680,13 @@ def _serve(args: argparse.Namespace) -> int:
             print(f"error: MIXPANEL_SYNC=1: {exc}", file=sys.stderr)
             return 1
     if os.environ.get("KAFKA_BOOTSTRAP_SERVERS") and os.environ.get("KAFKA_TOPICS"):
-        from adapter.sources.kafka import KafkaSettings
+        from adapter.sources.kafka import KafkaSettings, kafka_client_missing
 
         try:  # the consumer child would only fail, again and again: say why now
             KafkaSettings.from_options()
+            missing = kafka_client_missing()
+            if missing is not None:
+                raise ValueError(missing)
         except ValueError as exc:
             print(f"error: KAFKA_BOOTSTRAP_SERVERS and KAFKA_TOPICS are set: {exc}",
                   file=sys.stderr)  # fmt: skip

@@ -103,3 +103,22 @@ def test_a_message_without_an_id_is_keyed_by_its_place_in_kafka():
     ]  # fmt: skip
     [bad] = message_items(source, "events", 1, 3, b"not json")
     assert bad.key is None and "malformed JSON" in bad.event.message
+
+
+def test_without_the_kafka_client_consume_says_how_to_install_it(tmp_path):
+    """confluent-kafka missing (a plain install): `consume kafka` exits 1 saying what to
+    install, no traceback."""
+    import subprocess
+    import sys
+
+    blocker = tmp_path / "confluent_kafka.py"
+    blocker.write_text("raise ImportError('not installed here')\n")
+    env = {"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin",
+           "ADAPTER_STORE": f"sqlite:///{tmp_path}/k.db"}  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "adapter.cli", "consume", "kafka", "--bootstrap-servers", "b:9",
+         "--topic", "t", "--group", "g", "--format", "segment", "--store-only"],
+        env=env, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert "pip install 'miso-adapter[kafka]'" in done.stderr and "Traceback" not in done.stderr

@@ -21,7 +21,7 @@ from typing import Any
 from adapter.sources import Item, Source
 from adapter.sources.jsonvalues import ReadError, parse_document
 
-__all__ = ["KafkaSettings", "message_items"]
+__all__ = ["KAFKA_MISSING", "KafkaSettings", "kafka_client_missing", "message_items"]
 
 FORMATS = ("segment", "mixpanel", "miso")
 
@@ -96,6 +96,21 @@ class KafkaSettings:
             if value:
                 config[key] = value
         return config
+
+
+KAFKA_MISSING = (
+    "consuming Kafka needs the confluent-kafka package, which is not installed: "
+    "pip install 'miso-adapter[kafka]' (or pip install confluent-kafka)"
+)
+
+
+def kafka_client_missing() -> str | None:
+    """Why the Kafka client cannot be used here (not installed), or None."""
+    try:
+        import confluent_kafka  # noqa: F401
+    except ImportError:
+        return KAFKA_MISSING
+    return None
 
 
 def message_items(
