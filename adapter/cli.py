@@ -21,7 +21,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import orjson
 
-from adapter.config import Config, mappings_dir
+from adapter.config import Config, mappings_dir, runs_kafka_consumer, runs_mixpanel_sync
 from adapter.mapping import MappingError, Translator, load_mapping
 from adapter.sources import REGISTRY, Source, Window, make_source, source_class, translator_for
 from adapter.store import Store, StoreError, open_store
@@ -667,7 +667,7 @@ def _serve(args: argparse.Namespace) -> int:
     config = _preflight()
     if config is None:
         return 1
-    if os.environ.get("MIXPANEL_SYNC", "").strip() in ("1", "true", "yes"):
+    if runs_mixpanel_sync():
         from adapter.sources.mixpanel_api import ExportSettings
         from adapter.sync import check_cadence
 
@@ -679,7 +679,7 @@ def _serve(args: argparse.Namespace) -> int:
         except (ValueError, argparse.ArgumentTypeError) as exc:
             print(f"error: MIXPANEL_SYNC=1: {exc}", file=sys.stderr)
             return 1
-    if os.environ.get("KAFKA_BOOTSTRAP_SERVERS") and os.environ.get("KAFKA_TOPICS"):
+    if runs_kafka_consumer():
         from adapter.sources.kafka import KafkaSettings, kafka_client_missing
 
         try:  # the consumer child would only fail, again and again: say why now

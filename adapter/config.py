@@ -7,7 +7,7 @@ from pathlib import Path
 
 from adapter.mapping import default_mappings_dir
 
-__all__ = ["Config", "mappings_dir"]
+__all__ = ["Config", "mappings_dir", "runs_kafka_consumer", "runs_mixpanel_sync"]
 
 
 def mappings_dir(override: str | os.PathLike[str] | None = None) -> Path:
@@ -44,3 +44,13 @@ class Config:
         self.TRACKING_MAX_BATCH = 500 * 1024  # and 500 KB per /v1/batch request
         # /mixpanel streams, so the limit bounds work, not memory.
         self.MIXPANEL_MAX_BODY = int(float(env("ADAPTER_MIXPANEL_MAX_MB", "2048")) * 1024 * 1024)
+
+
+def runs_mixpanel_sync() -> bool:
+    """``MIXPANEL_SYNC=1``: serve runs the Mixpanel Export API sync beside the forwarder."""
+    return os.environ.get("MIXPANEL_SYNC", "").strip().lower() in ("1", "true", "yes")
+
+
+def runs_kafka_consumer() -> bool:
+    """``KAFKA_BOOTSTRAP_SERVERS`` and ``KAFKA_TOPICS`` set: serve runs a Kafka consumer."""
+    return bool(os.environ.get("KAFKA_BOOTSTRAP_SERVERS") and os.environ.get("KAFKA_TOPICS"))

@@ -343,10 +343,9 @@ def overview_data() -> dict[str, Any]:
 
 def _kafka(store: Any) -> dict[str, Any] | None:
     """The live consumers of ``KAFKA_GROUP``: brokers reached or not, lag per partition."""
-    from adapter.consume import group_status
+    from adapter.consume import configured_members
 
-    group = os.environ.get("KAFKA_GROUP", "").strip()
-    members = group_status(store, group) if group else []
+    group, members = configured_members(store)
     if not members:
         return None
     for member in members:
@@ -357,8 +356,9 @@ def _kafka(store: Any) -> dict[str, Any] | None:
 def _sync(store: Any) -> dict[str, Any] | None:
     """The Mixpanel Export API sync of ``MIXPANEL_PROJECT_ID``, when one has run: its cursor,
     its last cycle (window, rows pulled, new and duplicate, error) and its next run."""
-    project = os.environ.get("MIXPANEL_PROJECT_ID", "").strip()
-    status = store.get_status(f"mixpanel-sync:{project}") if project else None
+    from adapter.sync import configured_status
+
+    project, status = configured_status(store)
     if not status:
         return None
     cycle = dict(status.get("last_cycle") or {})

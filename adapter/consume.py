@@ -38,7 +38,14 @@ from adapter.sources.jsonvalues import ReadError
 from adapter.sources.kafka import KafkaSettings, message_items
 from adapter.store import Store, StoreError
 
-__all__ = ["CHUNK", "Consumer", "check_brokers", "group_status", "member_status_name"]
+__all__ = [
+    "CHUNK",
+    "Consumer",
+    "check_brokers",
+    "configured_members",
+    "group_status",
+    "member_status_name",
+]
 
 log = logging.getLogger("adapter.consume")
 
@@ -64,6 +71,12 @@ def group_status(store: Store, group: str) -> list[dict[str, Any]]:
         if status:
             out.append(status)
     return out
+
+
+def configured_members(store: Store) -> tuple[str, list[dict[str, Any]]]:
+    """``KAFKA_GROUP`` and the live members of it (none when no group is set)."""
+    group = os.environ.get("KAFKA_GROUP", "").strip()
+    return group, group_status(store, group) if group else []
 
 
 def check_brokers(settings: KafkaSettings, timeout: float = 50.0) -> str | None:

@@ -288,15 +288,11 @@ def _kafka_gauges(store: Store) -> Iterator[Metric]:
     """Consumer lag per partition of ``KAFKA_GROUP``'s live consumers (when one runs)."""
     from prometheus_client.core import GaugeMetricFamily
 
+    from adapter.consume import configured_members
     from adapter.store import StoreError
 
-    group = os.environ.get("KAFKA_GROUP", "").strip()
-    if not group:
-        return
-    from adapter.consume import group_status
-
     try:
-        members = group_status(store, group)
+        _, members = configured_members(store)
     except StoreError:
         return
     if not members:
@@ -319,12 +315,10 @@ def _sync_gauges(store: Store) -> Iterator[Metric]:
     from prometheus_client.core import GaugeMetricFamily
 
     from adapter.store import StoreError
+    from adapter.sync import configured_status
 
-    project = os.environ.get("MIXPANEL_PROJECT_ID", "").strip()
-    if not project:
-        return
     try:
-        status = store.get_status(f"mixpanel-sync:{project}")
+        _, status = configured_status(store)
     except StoreError:
         return
     if not status or not status.get("last_success_at"):

@@ -29,6 +29,7 @@ import time
 import gunicorn
 
 from adapter import logs, metrics
+from adapter.config import runs_kafka_consumer, runs_mixpanel_sync
 from adapter.supervise import Child, forwarder_command
 
 __all__ = ["gunicorn_command", "serve"]
@@ -73,11 +74,11 @@ def _supervise(bind: str, workers: int, threads: int, env: dict[str, str]) -> in
         Child("web", gunicorn_command(bind, workers, threads), env),
         Child("forwarder", forwarder_command(), env),
     ]
-    if os.environ.get("MIXPANEL_SYNC", "").strip() in ("1", "true", "yes"):
+    if runs_mixpanel_sync():
         # The service's forwarder sends what the sync stores.
         sync = [sys.executable, "-m", "adapter.cli", "sync", "mixpanel", "--store-only"]
         children.append(Child("mixpanel-sync", sync, env))
-    if os.environ.get("KAFKA_BOOTSTRAP_SERVERS") and os.environ.get("KAFKA_TOPICS"):
+    if runs_kafka_consumer():
         consume = [sys.executable, "-m", "adapter.cli", "consume", "kafka", "--store-only"]
         children.append(Child("kafka-consumer", consume, env))
     stopping = False

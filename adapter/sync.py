@@ -34,7 +34,7 @@ from adapter.sources import Source
 from adapter.sources.mixpanel_api import ExportClient, ExportRange, day_ranges
 from adapter.store import Store, StoreError
 
-__all__ = ["Sync", "check_cadence", "status_name"]
+__all__ = ["Sync", "check_cadence", "configured_status", "status_name"]
 
 log = logging.getLogger("adapter.sync")
 
@@ -44,6 +44,13 @@ LEASE_SECONDS = 120.0  # a host that died lets another sync after this long
 def status_name(project_id: str) -> str:
     """The store status (and lease) of a project's sync."""
     return f"mixpanel-sync:{project_id}"
+
+
+def configured_status(store: Store) -> tuple[str, dict[str, Any] | None]:
+    """``MIXPANEL_PROJECT_ID`` and its sync's status in ``store`` (None: none ran yet, or no
+    project is set). What /readyz, /metrics and the console show."""
+    project = os.environ.get("MIXPANEL_PROJECT_ID", "").strip()
+    return project, store.get_status(status_name(project)) if project else None
 
 
 def check_cadence(

@@ -17,7 +17,6 @@ from __future__ import annotations
 import base64
 import hmac
 import logging
-import os
 from typing import Any
 
 import orjson
@@ -25,6 +24,7 @@ from flask import Blueprint, Flask, Response, current_app, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from adapter import api, metrics, reload
+from adapter.config import runs_kafka_consumer, runs_mixpanel_sync
 from adapter.forwarder import refusal
 from adapter.http import ApiError, count_ingest, http_error, persisting, token_required
 from adapter.ingest import IngestResult, ingest
@@ -271,13 +271,12 @@ def readiness() -> tuple[bool, dict[str, str]]:
 
 def kafka_check(store: Any) -> str | None:
     """What ``/readyz`` says of the Kafka consumers of ``KAFKA_GROUP``, when serve runs one."""
-    if not (os.environ.get("KAFKA_BOOTSTRAP_SERVERS") and os.environ.get("KAFKA_TOPICS")):
+    if not runs_kafka_consumer():
         return None
-    from adapter.consume import group_status
+    from adapter.consume import configured_members
 
-    group = os.environ.get("KAFKA_GROUP", "")
     try:
-        members = group_status(store, group)
+        group, members = configured_members(store)
     except StoreError as exc:
         return f"unknown: {exc}"
     if not members:
@@ -291,11 +290,12 @@ def kafka_check(store: Any) -> str | None:
 
 def sync_check(store: Any) -> str | None:
     """What ``/readyz`` says of the Mixpanel sync ``serve`` runs (MIXPANEL_SYNC=1), or None."""
-    if os.environ.get("MIXPANEL_SYNC", "").strip() not in ("1", "true", "yes"):
+    if not runs_mixpanel_sync():
         return None
-    project = os.environ.get("MIXPANEL_PROJECT_ID", "").strip()
+    from adapter.sync import configured_status
+
     try:
-        status = store.get_status(f"mixpanel-sync:{project}") if project else None
+        project, status = configured_status(store)
     except StoreError as exc:
         return f"unknown: {exc}"
     cycle = (status or {}).get("last_cycle")

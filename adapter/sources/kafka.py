@@ -125,15 +125,11 @@ def message_items(
     except ValueError as exc:
         return [Item(where, None, ReadError(str(exc)))]
     items = list(source.items(where, parsed))
-    if len(items) == 1:
-        item = items[0]
-        key = item.key if item.key is not None else f"kafka:{topic}:{partition}:{offset}"
-        return [Item(item.where, key, item.event)]
-    return [
-        Item(
-            item.where,
-            item.key if item.key is not None else f"kafka:{topic}:{partition}:{offset}:{n}",
-            item.event,
-        )
-        for n, item in enumerate(items)
-    ]
+    place = f"kafka:{topic}:{partition}:{offset}"
+    out = []
+    for n, item in enumerate(items):
+        key = item.key
+        if key is None:  # no id of its own: its place in Kafka (and in its batch)
+            key = place if len(items) == 1 else f"{place}:{n}"
+        out.append(Item(item.where, key, item.event))
+    return out

@@ -771,6 +771,13 @@ class RedisStore:
             )
         }
 
+        # The named leases touch one key each, given as KEYS (the scripts above take the
+        # prefix and work out their keys).
+        self._leases = {
+            "take": self._client.register_script(_TAKE_LEASE),
+            "drop": self._client.register_script(_DROP_LEASE),
+        }
+
     @classmethod
     def from_url(cls, url: str) -> RedisStore:
         """``redis://[[user]:password@]host[:port][/db][?prefix=NAME:&timeout=SECONDS]``."""
@@ -1085,12 +1092,12 @@ class RedisStore:
         with self._redis(f"take the lease {name!r}"):
             milliseconds = max(1, math.ceil(seconds * 1000))
             key = self._key(f"lease:{name}")
-            return bool(self._client.eval(_TAKE_LEASE, 1, key, owner, milliseconds))
+            return bool(self._leases["take"](keys=[key], args=[owner, milliseconds]))
 
     def drop_lease(self, name: str, owner: str) -> None:
         """Give up a named lease if ``owner`` holds it."""
         with self._redis(f"drop the lease {name!r}"):
-            self._client.eval(_DROP_LEASE, 1, self._key(f"lease:{name}"), owner)
+            self._leases["drop"](keys=[self._key(f"lease:{name}")], args=[owner])
 
     def get_status(self, name: str) -> dict[str, Any] | None:
         """A status published by any process, or None."""
