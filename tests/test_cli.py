@@ -214,3 +214,18 @@ def test_options_may_follow_the_source(tmp_path, capsys):
     path.write_bytes(orjson.dumps(VIEW))
     assert cli.main(["translate", "segment", "--mappings", str(folder), str(path)]) == 0
     assert orjson.loads(capsys.readouterr().out) == RECORD
+
+
+def test_replay_segment_learns_sign_ins_first(tmp_path, monkeypatch, capsys):
+    """An anonymous visit 1,500 lines before its identify (another chunk) is written by a
+    dry run with the user too: replay reads the files' identify and alias calls first."""
+    monkeypatch.setenv("ADAPTER_STORE", f"sqlite:///{tmp_path}/none.db")
+    visit = {**VIEW, "userId": None, "anonymousId": "anon-9", "messageId": "v1"}
+    filler = [{**UNKNOWN, "messageId": f"f{n}"} for n in range(1500)]
+    identify = {"type": "identify", "userId": "u9", "anonymousId": "anon-9", "messageId": "i1"}
+    path = tmp_path / "archive.jsonl"
+    path.write_bytes(b"\n".join(orjson.dumps(m) for m in [visit, *filler, identify]) + b"\n")
+    out = tmp_path / "records.jsonl"
+    assert cli.main(["replay", "segment", str(path), "--dry-run", "--output", str(out)]) == 0
+    [record] = [orjson.loads(line) for line in out.read_bytes().splitlines()]
+    assert (record["anonymous_id"], record["user_id"]) == ("anon-9", "u9")

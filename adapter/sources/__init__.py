@@ -36,6 +36,7 @@ __all__ = [
     "ReadError",
     "Source",
     "Window",
+    "learn_first",
     "make_source",
     "source_class",
     "translator_for",
@@ -154,6 +155,34 @@ def source_class(name: str) -> type[Source]:
         raise ValueError(f"unknown source {name!r}: use {', '.join(REGISTRY)}")
     module, cls = REGISTRY[name]
     return getattr(importlib.import_module(module), cls)
+
+
+def learn_first(
+    paths: Sequence[Path],
+    links_of: Callable[[Any, str], Iterable[Link]],
+    learn: Callable[[list[Link]], None] | None,
+) -> None:
+    """A source's pass over its files before they are read: ``links_of(stream, name)``
+    gives the links of one file (a quick scan), handed to ``learn`` a thousand at a time.
+
+    A visitor's anonymous rows come before the sign-in that links them: with its link
+    learned first, every record the replay sends goes out with both ids.
+    """
+    from adapter.sources.inputs import UNREADABLE, open_path
+
+    for path in paths:
+        links: list[Link] = []
+        try:
+            with open_path(path) as opened:
+                for link in links_of(opened.stream, opened.name):
+                    links.append(link)
+                    if len(links) >= 1000 and learn is not None:
+                        learn(links)
+                        links = []
+        except (OSError, *UNREADABLE):
+            pass  # a damaged file is reported, located, by the full read that follows
+        if links and learn is not None:
+            learn(links)
 
 
 def translator_for(source: Source, load: Callable[[str], Any]) -> Any:

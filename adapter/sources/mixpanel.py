@@ -32,9 +32,8 @@ import orjson
 
 from adapter import values
 from adapter.identity import Link
-from adapter.sources import OUTSIDE, BaseSource, Item, Window
-from adapter.sources.inputs import UNREADABLE, open_path
-from adapter.sources.jsonvalues import read_values
+from adapter.sources import OUTSIDE, BaseSource, Item, Window, learn_first
+from adapter.sources.jsonvalues import values_naming
 
 __all__ = [
     "NOT_AN_EVENT",
@@ -85,54 +84,12 @@ class _Pending(NamedTuple):
 
 def identity_rows(stream: IO[bytes], name: str) -> Iterator[Any]:
     """The identity rows (``$identify``, ``$create_alias``, ``$merge``) of an export
-    (a buffered, decoded stream).
-
-    A quick pass: of JSON Lines, only lines that name an identity event are parsed; a
-    JSON array is read whole, row by row. Unreadable rows are passed over (the full
-    read reports them).
-    """
-    if stream.peek(64).lstrip(b" \t\r\n").startswith(b"["):  # type: ignore[attr-defined]
-        for _, row in read_values(stream, name):
-            if isinstance(row, dict) and (row.get("event") or row.get("event_name")) in (
-                IDENTITY_EVENTS
-            ):
-                yield row
-        return
-    for line in _lines_naming(stream, _IDENTITY_NAMES):
-        try:
-            yield orjson.loads(line)
-        except orjson.JSONDecodeError:
-            continue
-
-
-def _lines_naming(stream: IO[bytes], pattern: re.Pattern[bytes]) -> Iterator[bytes]:
-    """The lines of ``stream`` in which ``pattern`` occurs, in order.
-
-    Searched a megabyte at a time by one regular expression (in C): a Python test of
-    each line cost a tenth of a dry run, a search per name a twentieth.
-    """
-    rest = b""
-    while True:
-        block = stream.read(1 << 20)
-        if not block:
-            break
-        block = rest + block
-        cut = block.rfind(b"\n") + 1
-        block, rest = block[:cut], block[cut:]
-        yield from _matching_lines(block, pattern)
-    yield from _matching_lines(rest, pattern)
-
-
-def _matching_lines(block: bytes, pattern: re.Pattern[bytes]) -> Iterator[bytes]:
-    end = -1
-    for match in pattern.finditer(block):
-        if match.start() <= end:
-            continue  # a second name on a line already given
-        start = block.rfind(b"\n", 0, match.start()) + 1
-        end = block.find(b"\n", match.end())
-        yield block[start:] if end < 0 else block[start:end]
-        if end < 0:
-            return
+    (a buffered, decoded stream); a quick pass (:func:`~.jsonvalues.values_naming`)."""
+    for row in values_naming(stream, name, _IDENTITY_NAMES):
+        if isinstance(row, dict) and (row.get("event") or row.get("event_name")) in (
+            IDENTITY_EVENTS
+        ):
+            yield row
 
 
 # --------------------------------------------------------------------------- normalising
@@ -541,18 +498,11 @@ class MixpanelSource(BaseSource):
         user's. The normaliser remembers the anonymous side; ``learn`` also stores the
         links, so the store knows them beyond the normaliser's memory.
         """
-        for path in paths:
-            links: list[Link] = []
-            try:
-                with open_path(path) as source:
-                    for row in identity_rows(source.stream, source.name):
-                        pair = self.normalizer.learn(row)
-                        if pair is not None and learn is not None:
-                            links.append(Link(*pair))
-                            if len(links) >= 1000:
-                                learn(links)
-                                links = []
-            except (OSError, *UNREADABLE):
-                pass  # a damaged file is reported, located, by the full read that follows
-            if links and learn is not None:
-                learn(links)
+
+        def links(stream: IO[bytes], name: str) -> Iterator[Link]:
+            for row in identity_rows(stream, name):
+                pair = self.normalizer.learn(row)
+                if pair is not None:
+                    yield Link(*pair)
+
+        learn_first(paths, links, learn)

@@ -18,13 +18,17 @@ import hashlib
 import hmac
 import json
 import math
-from collections.abc import Iterator, Mapping
+import re
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, ClassVar
+from pathlib import Path
+from typing import IO, Any, ClassVar
 
 from adapter import values
-from adapter.sources import OUTSIDE, BaseSource, Item, Window
+from adapter.identity import Link
+from adapter.sources import OUTSIDE, BaseSource, Item, Window, learn_first
+from adapter.sources.jsonvalues import values_naming
 
 __all__ = [
     "NOT_SEGMENT",
@@ -204,6 +208,11 @@ class SegmentSource(BaseSource):
     def __init__(self, *, window: Window | None = None) -> None:
         self.window = window or Window()
 
+    def prepare(self, paths: Sequence[Path], learn: Callable[[list[Link]], None] | None) -> None:
+        """Learn the links of every ``identify`` and ``alias`` first (a quick scan), so an
+        anonymous visit read before its sign-in is sent with the user too."""
+        learn_first(paths, _identity_links, learn)
+
     def not_of_this_source(self, skipped: Mapping[str, int], received: int) -> str | None:
         if received == sum(n for reason, n in skipped.items() if reason.startswith(NOT_SEGMENT)):
             return "no Segment messages in the body: expected JSON objects with a 'type'"
@@ -220,3 +229,20 @@ class SegmentSource(BaseSource):
             else:
                 out.append(Item(place, dedup_key(message), message))
         return out
+
+
+_IDENTITY_CALLS = re.compile(rb'"type"\s*:\s*"(?:identify|alias)"')
+
+
+def _identity_links(stream: IO[bytes], name: str) -> Iterator[Link]:
+    """The links ``identify`` (anonymousId -> userId) and ``alias`` (previousId -> userId)
+    messages of a file make, whatever their envelope."""
+    for value in values_naming(stream, name, _IDENTITY_CALLS):
+        for _, message, _ in iter_messages("", value):
+            if message is None or message.get("type") not in ("identify", "alias"):
+                continue
+            user = values.to_id(message.get("userId"))
+            other = message.get("anonymousId" if message["type"] == "identify" else "previousId")
+            anonymous = values.to_id(other)
+            if user is not None and anonymous is not None and anonymous != user:
+                yield Link(anonymous, user)
