@@ -8,10 +8,10 @@ Mixpanel ``$identify``/``$create_alias``/``$merge``) as :class:`Link` values.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import NamedTuple
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NamedTuple
 
-__all__ = ["Link", "Resolve", "complete_ids"]
+__all__ = ["Link", "ProfileChange", "Resolve", "complete_ids", "merge_profile"]
 
 
 class Link(NamedTuple):
@@ -19,6 +19,45 @@ class Link(NamedTuple):
 
     anonymous_id: str
     user_id: str
+
+
+class ProfileChange(NamedTuple):
+    """What one message changes in a person's profile (a ``profiles:`` entry of a table).
+
+    ``changes`` maps a part of the profile (``traits``, ``group``) to the keys it sets; a
+    ``None`` value removes that key. The change belongs to ``user_id`` when the message
+    has one, else to ``anonymous_id`` (kept aside until a link names its user). ``at`` is
+    the message's time (epoch seconds), so a change older than a deletion is ignored.
+    ``table`` names the mapping table whose ``users:`` section reads this part of the
+    profile (``segment``, ``mixpanel``): each table's part is merged on its own.
+    """
+
+    user_id: str | None
+    anonymous_id: str | None
+    changes: Mapping[str, Mapping[str, Any]]
+    at: float
+    table: str = "segment"
+
+
+def merge_profile(
+    profile: dict[str, dict[str, Any]], changes: Mapping[str, Mapping[str, Any]]
+) -> dict[str, dict[str, Any]]:
+    """Apply ``changes`` to ``profile`` (changed in place, and returned): a later value
+    wins, ``None`` removes the key, and a part left empty is dropped.
+
+    Keys merge at the top of each part only: a new ``address`` object replaces the old
+    one whole, as a nested object is one trait.
+    """
+    for part, values in changes.items():
+        target = profile.setdefault(part, {})
+        for key, value in values.items():
+            if value is None:
+                target.pop(key, None)
+            else:
+                target[key] = value
+        if not target:
+            del profile[part]
+    return profile
 
 
 #: Known links: (anonymous ids, user ids) -> (anonymous -> its user, user -> its most

@@ -11,6 +11,7 @@ Item lists, links and deletions stay resolvers.
 
     translator = load_mapping(Path("mappings/segment.yaml"))
     result = translator.translate(message)   # → Translation(records, links, deletions, skipped)
+    user = translator.users(merged)          # `users:` section (adapter.users) → a UserRecord
 
 Conversions are chosen by the *target* field (``rating`` is always a number, a
 ``timestamp`` always UTC with milliseconds, ``context.truncated_ip`` always a
@@ -22,19 +23,24 @@ from __future__ import annotations
 
 import re
 import sys
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from functools import partial
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from marshmallow import RAISE, Schema, ValidationError, validate, validates_schema
 from marshmallow import fields as mf
 
 from adapter import records, values
 from adapter._yaml import Located, YamlError, flatten_errors, load_located, show_path
-from adapter.identity import Link
+from adapter.identity import Link, ProfileChange
+
+if TYPE_CHECKING:
+    from adapter.users import UsersMapping
 
 __all__ = [
     "Explanation",
@@ -53,6 +59,8 @@ Getter = Callable[[Any, dict], Any]
 Resolver = Callable[[Any, dict], Any]
 
 _NOTHING = object()
+#: Distinct raw event names a translator remembers the matching of.
+_NAME_CACHE_MAX = 100_000
 
 
 # --------------------------------------------------------------------------- results
@@ -61,7 +69,7 @@ _NOTHING = object()
 class Translation:
     """What one source event became: Miso records, identity links, deletions, or why nothing."""
 
-    __slots__ = ("deletions", "links", "records", "skipped", "uncovered")
+    __slots__ = ("deletions", "links", "profiles", "records", "skipped", "uncovered")
 
     def __init__(
         self,
@@ -70,11 +78,14 @@ class Translation:
         deletions: list[str],
         skipped: str | None,
         uncovered: tuple[str, str] | None = None,
+        profiles: list[ProfileChange] | None = None,
     ) -> None:
         self.records = records
         self.links = links
         self.deletions = deletions
         self.skipped = skipped
+        # Profile changes (the table's `profiles:` entries): uploaded to Miso's Users API.
+        self.profiles = profiles if profiles is not None else []
         # No rule of the table claimed the event (skipped, or sent by `unmatched: custom`):
         # (kind, what a rule must match), kind "event", "page" or "call"; for the console's
         # live list of uncovered names and their rule stubs.
@@ -84,7 +95,7 @@ class Translation:
         return (
             f"Translation(records={self.records!r}, links={self.links!r}, "
             f"deletions={self.deletions!r}, skipped={self.skipped!r}, "
-            f"uncovered={self.uncovered!r})"
+            f"uncovered={self.uncovered!r}, profiles={self.profiles!r})"
         )
 
 
@@ -371,6 +382,29 @@ class _PageViewsSchema(_Strict):
     fields = mf.Dict(keys=mf.String(), values=_ValueSpecField())
 
 
+class _ProfileSchema(_Strict):
+    """One `profiles:` entry: which messages change a person's profile, and how."""
+
+    events = _NameList()
+    calls = _NameList()
+    set = mf.Dict(keys=mf.String(), values=_ValueSpecField(), required=True)
+    user = _ValueSpecField()
+    anonymous = _ValueSpecField()
+
+    @validates_schema
+    def _matches(self, data: dict, **kwargs: Any) -> None:
+        if "events" not in data and "calls" not in data:
+            raise ValidationError("a profiles entry needs 'events' or 'calls' to match on")
+
+
+def _users_schema() -> Schema:
+    """The `users:` section's schema; adapter.users builds on this module, so it is
+    imported when a table is loaded rather than when this module is."""
+    from adapter.users import UsersSchema
+
+    return UsersSchema()
+
+
 class _MappingFileSchema(_Strict):
     version = mf.Integer(validate=validate.Equal(1, error="only version 1 exists"))
     source = mf.String()
@@ -383,6 +417,11 @@ class _MappingFileSchema(_Strict):
     page_views = mf.Nested(_PageViewsSchema)
     items = mf.Dict(keys=mf.String(), values=mf.Dict())
     rules = mf.List(mf.Nested(_RuleSchema), required=True)
+    profiles = mf.List(mf.Nested(_ProfileSchema))
+    users = mf.Nested(
+        _users_schema,
+        error_messages={"null": "empty section; map at least one UserRecord field, or remove it"},
+    )
 
 
 # --------------------------------------------------------------------------- targets
@@ -447,6 +486,28 @@ class _Items:
     sources: list[Getter]
     key: str
     per_item: dict[str, tuple[list[Getter], Callable[[Any], Any], Any]]
+
+
+#: The parts of a person's profile a `profiles:` entry may set (what `users:` paths read).
+PROFILE_PARTS = ("traits", "group")
+
+
+@dataclass
+class _Profile:
+    """A compiled `profiles:` entry: the person a message is about, and what it sets:
+    ``(part, key, reader)``, key None for a whole object merged key by key."""
+
+    user: Resolver | None
+    anonymous: Resolver | None
+    sets: list[tuple[str, str | None, Resolver]]
+
+
+def _object(value: Any) -> dict | None:
+    return value if isinstance(value, dict) else None
+
+
+def _as_is(value: Any) -> Any:
+    return value
 
 
 @dataclass
@@ -764,6 +825,47 @@ class _Compiler:
                 out.append((user, anon))
         return out
 
+    def profiles(
+        self, raw: list[dict], common: dict[tuple[str, ...], Resolver]
+    ) -> tuple[dict[str, list[_Profile]], dict[str, list[_Profile]]]:
+        """Compile the `profiles:` entries: (call type → entries, event name → entries)."""
+        calls: dict[str, list[_Profile]] = {}
+        events: dict[str, list[_Profile]] = {}
+        for index, entry in enumerate(raw):
+            path: KeyPath = ("profiles", index)
+            user = common.get(("user_id",))
+            if "user" in entry:
+                user = self.resolver(entry["user"], "user_id", (*path, "user"))
+            anonymous = common.get(("anonymous_id",))
+            if "anonymous" in entry:
+                anonymous = self.resolver(entry["anonymous"], "anonymous_id", (*path, "anonymous"))
+            if user is None and anonymous is None:
+                self.problem(path, "say whose profile it is: 'user' (or common user_id)")
+                continue
+            sets = []
+            for target, spec in entry["set"].items():
+                part, _, key = target.partition(".")
+                if part not in PROFILE_PARTS or (key == "" and "." in target):
+                    self.problem(
+                        (*path, "set", target),
+                        f"'{target}' is not a part of a profile: set "
+                        + ", ".join(PROFILE_PARTS)
+                        + " (an object, merged key by key) or one key of them (traits.plan)",
+                    )
+                    continue
+                try:
+                    read = _resolver(spec, _object if not key else _as_is)
+                except ValueError as exc:
+                    self.problem((*path, "set", target), str(exc))
+                    continue
+                sets.append((part, key or None, read))
+            compiled = _Profile(user, anonymous, sets)
+            for call in entry.get("calls", []):
+                calls.setdefault(call.casefold(), []).append(compiled)
+            for name in entry.get("events", []):
+                events.setdefault(normalize_name(name), []).append(compiled)
+        return calls, events
+
     def items(self, name: str, raw: Any, path: KeyPath) -> _Items | None:
         if not isinstance(raw, dict):
             self.problem(path, "an item list is a mapping with 'from' and per-item fields")
@@ -920,6 +1022,10 @@ class Translator:
         name_patterns: list[tuple[re.Pattern[str], _Rule]],
         unmatched: _Rule | None,
         links: list[tuple[Resolver, Resolver]],
+        users: UsersMapping | None = None,
+        profile_calls: dict[str, list[_Profile]] | None = None,
+        profile_events: dict[str, list[_Profile]] | None = None,
+        timestamp: Resolver | None = None,
     ) -> None:
         self.path = path
         self.source = source
@@ -934,6 +1040,13 @@ class Translator:
         self._name_patterns = name_patterns
         self._unmatched = unmatched
         self._links = links
+        # The compiled `users:` section (adapter.users): a user's merged traits → the
+        # UserRecord to upload; None when the table has no such section.
+        self.users = users
+        self._profile_calls = profile_calls or {}
+        self._profile_events = profile_events or {}
+        self._profile_names: dict[str, list[_Profile]] = {}
+        self._timestamp = timestamp
         # Raw event name → rule (or None); event names repeat endlessly, normalising once
         # per distinct spelling keeps matching at one dict lookup.
         self._name_cache: dict[str, tuple[bool, _Rule | None]] = {}
@@ -968,7 +1081,7 @@ class Translator:
                 # view is matched by its path instead, so an unmapped path says which one.
                 rule = next((r for p, r in self._name_patterns if p.search(name)), None)
             found = (is_page, rule)
-            if len(self._name_cache) < 100_000:  # bounded: hostile input has endless names
+            if len(self._name_cache) < _NAME_CACHE_MAX:  # bounded: hostile input has endless names
                 self._name_cache[name] = found
             return found
 
@@ -1024,6 +1137,27 @@ class Translator:
         env: dict[str, Any] = {}
         rule, name, call, page = self._match(event, env)
         links = self._learn(self._links, event, env)
+        profiles = (
+            self._profiles(event, env, name, call)
+            if self._profile_calls or self._profile_events
+            else None
+        )
+        if profiles:
+            translation = self._translate(event, env, rule, name, call, page, links)
+            translation.profiles = profiles
+            return translation
+        return self._translate(event, env, rule, name, call, page, links)
+
+    def _translate(
+        self,
+        event: dict,
+        env: dict,
+        rule: _Rule | None,
+        name: str | None,
+        call: str | None,
+        page: Any,
+        links: list[Link],
+    ) -> Translation:
         if rule is None:
             uncovered = _uncovered_target(name, call, page)
             return Translation([], links, [], _unmatched_reason(name, call, page), uncovered)
@@ -1047,6 +1181,53 @@ class Translator:
                 [record], links, deletions, None, _uncovered_target(name, call, page)
             )
         return Translation([record], links, deletions, None)
+
+    def _profiles(
+        self, event: dict, env: dict, name: str | None, call: str | None
+    ) -> list[ProfileChange]:
+        """The profile changes of the `profiles:` entries matching this message."""
+        entries: list[_Profile] = []
+        if call is not None and self._profile_calls:
+            entries += self._profile_calls.get(call.casefold(), ())
+        if name is not None and self._profile_events:
+            # As for rules: event names repeat endlessly, so each spelling is normalised once.
+            named = self._profile_names.get(name)
+            if named is None:
+                named = self._profile_events.get(normalize_name(name), [])
+                if len(self._profile_names) < _NAME_CACHE_MAX:
+                    self._profile_names[name] = named
+            entries += named
+        if not entries:
+            return []
+        out = []
+        for entry in entries:
+            user = entry.user(event, env) if entry.user is not None else None
+            anonymous = entry.anonymous(event, env) if entry.anonymous is not None else None
+            if user is None and anonymous is None:
+                continue
+            changes: dict[str, dict[str, Any]] = {}
+            for part, key, read in entry.sets:
+                got = read(event, env)
+                if got is None:
+                    continue
+                if key is None:
+                    changes.setdefault(part, {}).update(got)
+                else:
+                    changes.setdefault(part, {})[key] = got
+            if changes:
+                at = self._when(event, env)
+                out.append(ProfileChange(user, anonymous, changes, at, self.source))
+        return out
+
+    def _when(self, event: dict, env: dict) -> float:
+        """A message's time in epoch seconds (now when it has none)."""
+        stamp = self._timestamp(event, env) if self._timestamp is not None else None
+        if stamp is not None:
+            try:
+                return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+            except ValueError:
+                pass
+        return time.time()
 
     @staticmethod
     def _learn(specs: list[tuple[Resolver, Resolver]], event: dict, env: dict) -> list[Link]:
@@ -1285,6 +1466,12 @@ def _compile(data: dict, located: Located, filename: str) -> Translator:
 
     unmatched = _compile_unmatched(data.get("unmatched", "skip"), compiler, common, item_lists)
     links = compiler.links(data.get("links", []), ("links",))
+    profile_calls, profile_events = compiler.profiles(data.get("profiles", []), common)
+    users = None
+    if "users" in data:
+        from adapter.users import compile_users
+
+        users = compile_users(data["users"], compiler.problem, located.line_of)
     if compiler.problems:
         raise MappingError(sorted(compiler.problems, key=lambda p: p.line))
     return Translator(
@@ -1301,6 +1488,10 @@ def _compile(data: dict, located: Located, filename: str) -> Translator:
         name_patterns=name_patterns,
         unmatched=unmatched,
         links=links,
+        users=users,
+        profile_calls=profile_calls,
+        profile_events=profile_events,
+        timestamp=common.get(("timestamp",)),
     )
 
 

@@ -13,6 +13,8 @@ optionally the skip reason, identity links and deletions expected::
         skipped: null               # optional: the exact reason, or null for "not skipped"
         links: [{anonymous: a1, user: u1}]   # optional, in the order produced
         deletions: [u1]             # optional
+        profiles:                   # optional: the profile changes (a `profiles:` section)
+          - {user: u1, anonymous: a1, set: {traits: {name: Ada}}}
 
 ``input`` is read as its source reads it (:mod:`adapter.sources`): a Segment message (or
 envelope), or — for a Mixpanel table (named ``mixpanel``, or whose ``source`` is
@@ -52,7 +54,7 @@ __all__ = ["Failure", "TestReport", "render", "run_mapping_tests"]
 KeyPath = tuple[str | int, ...]
 
 #: What a case may check, in the order differences are shown.
-CHECKED = ("records", "skipped", "links", "deletions")
+CHECKED = ("records", "skipped", "links", "deletions", "profiles")
 
 
 # --------------------------------------------------------------------------- results
@@ -62,8 +64,8 @@ CHECKED = ("records", "skipped", "links", "deletions")
 class Failure:
     """A case whose translation differs from what its file expects (or could not run).
 
-    ``mismatches`` maps each checked key that differs (records, skipped, links, deletions)
-    to ``(expected, actual)``; ``problems`` says why the case could not run at all (its
+    ``mismatches`` maps each checked key that differs (records, skipped, links, deletions,
+    profiles) to ``(expected, actual)``; ``problems`` says why the case could not run at all (its
     table is missing or broken).
     """
 
@@ -122,6 +124,12 @@ class _OptionsSchema(_Strict):
             raise ValidationError("give time_offset or timezone, not both")
 
 
+class _ProfileSchema(_Strict):
+    user = mf.String(allow_none=True, load_default=None)
+    anonymous = mf.String(allow_none=True, load_default=None)
+    set = mf.Dict(keys=mf.String(), values=mf.Dict(keys=mf.String()), required=True)
+
+
 class _CaseSchema(_Strict):
     name = mf.String(required=True, validate=validate.Length(min=1))
     input = mf.Dict(keys=mf.String(), required=True)
@@ -130,6 +138,7 @@ class _CaseSchema(_Strict):
     skipped = mf.String(allow_none=True, validate=validate.Length(min=1))
     links = mf.List(mf.Nested(_LinkSchema))
     deletions = mf.List(mf.String())
+    profiles = mf.List(mf.Nested(_ProfileSchema))
 
 
 class _CaseFileSchema(_Strict):
@@ -247,7 +256,7 @@ def _load_case_file(path: Path, filename: str) -> tuple[dict, Located] | list[st
 
 _KEYS = {
     0: "table, cases",
-    2: "name, input, options, records, skipped, links, deletions",
+    2: "name, input, options, records, skipped, links, deletions, profiles",
 }
 
 
@@ -293,6 +302,10 @@ def _run_case(
         "skipped": result.skipped,
         "links": [{"anonymous": x.anonymous_id, "user": x.user_id} for x in result.links],
         "deletions": list(result.deletions),
+        "profiles": [
+            {"user": x.user_id, "anonymous": x.anonymous_id, "set": x.changes}
+            for x in result.profiles
+        ],
     }
     mismatches = {
         key: (case[key], actual[key])
@@ -315,6 +328,7 @@ def _translate(case: dict, table: Translator, is_mixpanel: bool) -> Translation:
         out.records += result.records
         out.links += result.links
         out.deletions += result.deletions
+        out.profiles += result.profiles
         out.skipped = result.skipped if out.skipped is None else out.skipped
     return out
 

@@ -238,7 +238,7 @@ cases:
     assert report.problems == [
         f"{bad}:3: cases[0].input: required key is missing",
         f"{bad}:7: cases[1].expect: unknown key; expected one of: "
-        "name, input, options, records, skipped, links, deletions",
+        "name, input, options, records, skipped, links, deletions, profiles",
         f"{bad}:10: cases[2].links[0].user: required key is missing",
         f"{bad}:12: cases[3].input.timestamp: YAML reads this unquoted value as a date "
         "(2024-03-05T14:07:09+00:00), not as text: quote it",
@@ -414,3 +414,15 @@ def test_render_shape():
     ]
     assert SUMMARY.match(render(TestReport()).splitlines()[-1])
     assert not report.ok and TestReport(passed=1).ok
+
+
+def test_a_changed_profile_entry_fails_the_identify_case(folder):
+    """A table whose identify no longer merges traits fails the case that expects the
+    profile change, naming `profiles` as what differs."""
+    edit(folder / "segment.yaml", "    set: {traits: traits}", "    set: {traits: context.traits}")
+    report = run_mapping_tests(folder)
+    [failure] = report.failed
+    assert failure.name.startswith("identify gives no record")
+    assert set(failure.mismatches) == {"profiles"}
+    expected, actual = failure.mismatches["profiles"]
+    assert expected[0]["set"]["traits"]["firstName"] == "Peter" and actual == []
