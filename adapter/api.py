@@ -56,6 +56,9 @@ class IngestSchema(Schema):
     )
     links = fields.Integer(required=True, metadata={"description": "identity links learned"})
     deletions = fields.Integer(required=True, metadata={"description": "user deletions queued"})
+    profiles = fields.Integer(
+        required=True, metadata={"description": "user profile changes stored (Users API)"}
+    )
 
 
 class MixpanelIngestSchema(IngestSchema):

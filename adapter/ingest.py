@@ -37,6 +37,7 @@ class IngestResult:
     skipped: Counter[str] = field(default_factory=Counter)  # reason → count
     links: int = 0
     deletions: int = 0
+    profiles: int = 0  # profile changes stored (uploaded to Miso's Users API)
     types: Counter[str] = field(default_factory=Counter)  # Miso type → records accepted
     # (kind, name/path/call) no rule claimed → events: what the console offers stubs for
     uncovered: Counter[tuple[str, str]] = field(default_factory=Counter)
@@ -49,6 +50,7 @@ class IngestResult:
         self.skipped.update(other.skipped)
         self.links += other.links
         self.deletions += other.deletions
+        self.profiles += other.profiles
         self.types.update(other.types)
         self.uncovered.update(other.uncovered)
 
@@ -61,6 +63,7 @@ class IngestResult:
             "skipped": dict(self.skipped),
             "links": self.links,
             "deletions": self.deletions,
+            "profiles": self.profiles,
         }
 
 
@@ -83,16 +86,17 @@ def ingest(
     """
     result = result if result is not None else IngestResult()
     incoming: list[Incoming] = []
-    # Per incoming item: records, deletions, links, and its skip reason (a link-only
-    # message is skipped as an interaction): counted only once dedup has spoken.
-    counted: list[tuple[list, int, int, str | None, tuple[str, str] | None]] = []
+    # Per incoming item: records, deletions, links, profile changes, and its skip reason
+    # (a link-only message is skipped as an interaction): counted once dedup has spoken.
+    counted: list[tuple[list, int, int, int, str | None, tuple[str, str] | None]] = []
     for key, event in events:
         result.received += 1
         if isinstance(event, str):
             result.skipped[event] += 1
             continue
         translation = translator.translate(event)
-        if not (translation.records or translation.deletions or translation.links):
+        profiles = translation.profiles
+        if not (translation.records or translation.deletions or translation.links or profiles):
             result.skipped[translation.skipped or "nothing to send"] += 1
             if translation.uncovered is not None:
                 result.uncovered[translation.uncovered] += 1
@@ -104,14 +108,15 @@ def ingest(
                 translation.deletions,
                 source,
                 translation.links,
+                profiles,
             )
         )
         counted.append(
             ([r.get("type") for r in translation.records], len(translation.deletions),
-             len(translation.links), translation.skipped, translation.uncovered)
+             len(translation.links), len(profiles), translation.skipped, translation.uncovered)
         )  # fmt: skip
     duplicates = store.accept(incoming, dedup_ttl, status) if incoming or status else []
-    for (types, n_deletions, n_links, skipped, uncovered), duplicate in zip(
+    for (types, n_deletions, n_links, n_profiles, skipped, uncovered), duplicate in zip(
         counted, duplicates, strict=True
     ):
         if duplicate:
@@ -121,6 +126,7 @@ def ingest(
         result.types.update(types)
         result.deletions += n_deletions
         result.links += n_links
+        result.profiles += n_profiles
         if skipped is not None:
             result.skipped[skipped] += 1
         if uncovered is not None:

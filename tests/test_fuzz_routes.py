@@ -45,7 +45,7 @@ def fuzz(examples: int) -> settings:
     )
 
 
-SEGMENT_KEYS = {"received", "accepted", "duplicates", "skipped", "links", "deletions"}
+SEGMENT_KEYS = {"received", "accepted", "duplicates", "skipped", "links", "deletions", "profiles"}
 MIXPANEL_KEYS = SEGMENT_KEYS | {"malformed", "errors", "types"}
 
 

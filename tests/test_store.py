@@ -283,7 +283,14 @@ def test_status_is_shared_between_connections(store):
 
 def test_stats(store):
     """stats reports spool depth, oldest age and dead letters."""
-    assert store.stats() == {"spool": 0, "oldest_age": 0.0, "dead_letters": 0}
+    assert store.stats() == {
+        "spool": 0,
+        "oldest_age": 0.0,
+        "dead_letters": 0,
+        "user_tasks": 0,
+        "profiles": 0,
+        "anonymous_profiles": 0,
+    }
     store.accept([Incoming(None, [rec(1)])], DAY)
     time.sleep(0.02)
     stats = store.stats()

@@ -80,6 +80,7 @@ class TestSegmentRoute:
         assert response.json == {
             "received": 1, "accepted": 1, "duplicates": 0, "skipped": {}, "links": 0,
             "deletions": 0,
+            "profiles": 0,
         }  # fmt: skip
         assert spooled(app) == [VIEW_RECORD]
 
@@ -402,7 +403,7 @@ class TestMixpanelRoute:
         assert response.json == {
             "received": 3, "accepted": 2, "duplicates": 0,
             "skipped": {"Mixpanel autocapture event": 1}, "links": 0, "deletions": 0,
-            "malformed": 0, "errors": [],
+            "profiles": 0, "malformed": 0, "errors": [],
             "types": {"product_detail_page_view": 1, "add_to_cart": 1},
         }  # fmt: skip
         assert spooled(app) == [

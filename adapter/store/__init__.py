@@ -23,13 +23,14 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-from adapter.identity import Link
+from adapter.identity import Link, ProfileChange
 
 if TYPE_CHECKING:
     from flask import Flask
 
 __all__ = [
     "ACTIVITY_KEEP_MINUTES",
+    "KINDS",
     "Claimed",
     "DeadLetter",
     "Incoming",
@@ -41,6 +42,11 @@ __all__ = [
     "open_store",
 ]
 
+
+#: What the spool holds: records to POST; deletion notices (``{"user_ids": [...]}``);
+#: user uploads (``{"user_id": U}``: upload U's merged profile as it is when sent); and
+#: Miso user tasks to check (``{"task_id": T, "user_ids": [...]}``).
+KINDS = ("record", "delete", "user", "user_task")
 
 #: Minutes per-minute activity tallies are kept (a day and an hour); older ones are dropped.
 ACTIVITY_KEEP_MINUTES = 25 * 60
@@ -63,6 +69,7 @@ class Incoming:
     deletions: list[str] = field(default_factory=list)  # user ids to delete in Miso
     source: str = "segment"
     links: list[Link] = field(default_factory=list)  # anonymous ↔ user links learned
+    profiles: list[ProfileChange] = field(default_factory=list)  # profile changes
 
 
 @dataclass
@@ -70,7 +77,7 @@ class Claimed:
     """A spooled item leased to one forwarder."""
 
     id: int
-    kind: str  # "record" or "delete"
+    kind: str  # one of KINDS
     body: bytes
     attempts: int  # including the current one
     first_attempt_at: float
@@ -104,12 +111,38 @@ class Store(Protocol):
 
         ``status`` (name, value) is published in the same transaction: a replay's
         checkpoint is then exactly as far as what it has stored.
+
+        Per new item, in order: its links are stored, and the profile of each newly
+        linked anonymous id joins its user's (the user's own values win) and is gone;
+        its profile changes are merged (:func:`adapter.identity.merge_profile`) into
+        the profile of the change's user, else of its anonymous id's linked user, else
+        of the anonymous id itself; a change no older than a deletion of its user is
+        ignored. A user whose profile changed gets one queued ``user`` upload (none
+        when one waits already; anonymous profiles never). Then its deletions drop the
+        users' queued items, dead letters, links and profiles, and remember the
+        deletion time.
         """
 
     def claim(
         self, kind: str, limit: int, max_bytes: int, lease: float, owner: str
     ) -> list[Claimed]:
         """Lease up to ``limit`` ready items of ``kind`` totalling at most ``max_bytes``."""
+
+    def take_profiles(self, user_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """The merged profiles of these users, to upload now: ``{user id: {source: {part:
+        {key: value}}}}`` (users without a profile left out).
+
+        Taking them ends the waiting of their queued upload: a change stored after this
+        queues a new one, so no change is ever left behind an upload that read too early.
+        """
+
+    def profile_of(self, any_id: str) -> dict[str, Any] | None:
+        """``{"data", "anonymous", "updated_at"}`` of an id's stored profile, or None."""
+
+    def enqueue(
+        self, kind: str, bodies: Sequence[bytes], source: str, delay: float = 0.0
+    ) -> list[int]:
+        """Put new items of ``kind`` on the spool, ready after ``delay`` seconds; their ids."""
 
     def seen(self, keys: Sequence[str]) -> set[str]:
         """Those of ``keys`` that are live dedup keys (an accept would call them duplicates).
@@ -160,7 +193,9 @@ class Store(Protocol):
         """Give up the lease ``name`` if ``owner`` holds it."""
 
     def stats(self) -> dict[str, Any]:
-        """Spool depth, oldest waiting age, dead letters."""
+        """``spool`` (items waiting, every kind), ``oldest_age`` (s), ``dead_letters``,
+        ``user_tasks`` (Miso tasks still to check, counted in ``spool`` too), ``profiles``
+        (users with a stored profile) and ``anonymous_profiles``."""
 
     def ping(self) -> None:
         """Raise StoreError unless the store is writable."""

@@ -13,23 +13,32 @@ would drop queued records or dedup keys.
 
 Key layout (``P`` = the prefix, ``miso-adapter:`` by default)::
 
-    P spool:record      stream of records to POST     } one consumer group "forwarders";
-    P spool:delete      stream of deletion notices    } a consumer per forwarder (its owner)
-    P leased:<kind>     zset  item -> lease expiry (µs): what is in flight, and until when
-    P ready:<kind>      zset  item -> ready time (µs): items back from a retry delay, a
-                              release, or read beyond a claim's byte budget ("parked")
-    P state             hash  item -> "attempts|first attempt (µs)|last error"
-    P cancelled         set   in-flight records of a deleted user (never retried)
-    P requeued          zset  item -> created_at (µs) for dead letters put back (stats)
-    P dead              stream of dead letters (kind, body, source, reason, attempts, ...)
-    P seq               counter of item ids
-    P dedup:<key>       string, SET NX PX <window>: alive = duplicate
-    P link              hash  anonymous id -> user id
-    P user:<user id>    zset  anonymous id -> linked_at (µs), most recent = highest
-    P links:recent      zset  anonymous id -> linked_at (µs): the 100 newest links
-    P status            hash  name -> JSON (shared status, e.g. Miso refused the key)
-    P activity:<minute> hash  JSON [metric, source, key] -> count (HINCRBY), expiring
-                              ACTIVITY_KEEP_MINUTES after its minute
+    P spool:<kind>        stream of the items of a kind (store.KINDS: records to POST,
+                          deletion notices, user uploads, user tasks to check), each read
+                          in one consumer group "forwarders", a consumer per forwarder
+    P leased:<kind>       zset  item -> lease expiry (µs): what is in flight, and until when
+    P ready:<kind>        zset  item -> ready time (µs): items back from a retry delay, a
+                                release, read beyond a claim's byte budget, or read before
+                                the delay they were queued with ran out ("parked")
+    P state               hash  item -> "attempts|first attempt (µs)|last error"
+    P cancelled           set   in-flight records and uploads of a deleted user (never retried)
+    P requeued            zset  item -> created_at (µs) for dead letters put back (stats)
+    P dead                stream of dead letters (kind, body, source, reason, attempts, ...)
+    P seq                 counter of item ids
+    P dedup:<key>         string, SET NX PX <window>: alive = duplicate
+    P link                hash  anonymous id -> user id
+    P user:<user id>      zset  anonymous id -> linked_at (µs), most recent = highest
+    P links:recent        zset  anonymous id -> linked_at (µs): the 100 newest links
+    P profile:<id>        hash  JSON [table, part, key] -> JSON value: a user's profile, or
+                                an anonymous id's no link names yet; JSON [table] -> {}
+                                keeps a table whose keys all went (it is still uploaded)
+    P profiles:updated    hash  id -> updated_at (µs), one per stored profile
+    P profiles:anonymous  set   ids whose profile is anonymous (kept aside, never uploaded)
+    P profiles:queued     set   users with a queued upload that has not read their profile
+    P profiles:deleted    hash  user -> deletion time (µs): older profile changes are ignored
+    P status              hash  name -> JSON (shared status, e.g. Miso refused the key)
+    P activity:<minute>   hash  JSON [metric, source, key] -> count (HINCRBY), expiring
+                                ACTIVITY_KEEP_MINUTES after its minute
 
 Ids: every spool item and dead letter gets a number from ``P seq``; its stream entry
 id is ``0-<n>`` and ``Claimed.id`` / ``DeadLetter.id`` is ``n``. Ids are unique across
@@ -43,10 +52,16 @@ group), *leased* (pending in the group under the claiming forwarder, and in
 ``leased:<kind>``), *parked* (in its stream, acknowledged to the group, and in
 ``ready:<kind>``), *cancelled* (leased, and in ``cancelled``). The body is written once
 (``XADD`` at accept) and never copied until the item is acknowledged (``XACK`` +
-``XDEL``) or moved to the dead letters.
+``XDEL``) or moved to the dead letters. An item queued with a delay (``enqueue``)
+carries its ready time as ``q``; a claim that reads it earlier parks it until then.
 
-A deletion notice drops the user's queued records wherever they are in the stream
-(deletions are rare; accepting records stays O(items)). Scanning a million records
+Profiles are merged key by key in the accept script: the values are JSON made here,
+never decoded in Lua (its cjson keeps 14 digits of a number), so a change is an HSET
+or HDEL of a field, and an anonymous profile joins its user's with HSETNX (the user's
+own values win).
+
+A deletion notice drops the user's queued records and uploads wherever they are in the
+streams (deletions are rare; accepting records stays O(items)). Scanning a million records
 inside the accept script would stop Redis for seconds, so a read-only pre-scan pages
 through the streams first (2,000 entries a call) and the script checks only its
 candidates again, plus the entries added after it; only if the user gained an
@@ -68,7 +83,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -78,17 +93,20 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from adapter.store import ACTIVITY_KEEP_MINUTES, Claimed, DeadLetter, Incoming, StoreError
+from adapter.identity import ProfileChange
+from adapter.store import ACTIVITY_KEEP_MINUTES, KINDS, Claimed, DeadLetter, Incoming, StoreError
 
 __all__ = ["DEFAULT_PREFIX", "GROUP", "RedisStore"]
 
 DEFAULT_PREFIX = "miso-adapter:"
 #: The consumer group every forwarder reads the spool streams in (hard-coded in _LUA).
 GROUP = "forwarders"
-_KINDS = ("record", "delete")
 _DEFAULT_TIMEOUT = 10.0  # seconds for any one command
 # Entries one pre-scan call reads: ~10 ms of Redis's time, then other clients' turn.
 _FIND_PAGE = 2000
+# What a deletion's pre-scan pages through, by the name _FIND takes: the streams whose
+# entries may name a user (records, uploads) and the dead letters.
+_SCANNED = {"record": "spool:record", "user": "spool:user", "dead": "dead"}
 
 # Helpers every script starts with. ARGV[1] is always the key prefix. Times are integer
 # microseconds of the Redis server's clock (one clock for every host); numbers passed
@@ -99,6 +117,9 @@ local G = 'forwarders'
 local STATE, CANCELLED, REQUEUED = P .. 'state', P .. 'cancelled', P .. 'requeued'
 local DEAD, SEQ, LINK = P .. 'dead', P .. 'seq', P .. 'link'
 local RECENT = P .. 'links:recent'
+local UPDATED, ANONYMOUS = P .. 'profiles:updated', P .. 'profiles:anonymous'
+local QUEUED, DELETED = P .. 'profiles:queued', P .. 'profiles:deleted'
+local function profile(id) return P .. 'profile:' .. id end
 local function stream(kind) return P .. 'spool:' .. kind end
 local function leased(kind) return P .. 'leased:' .. kind end
 local function ready(kind) return P .. 'ready:' .. kind end
@@ -112,10 +133,11 @@ local function field(f, name)
   for i = 1, #f, 2 do if f[i] == name then return f[i + 1] end end
   return nil
 end
--- The group starts at '0', so records added before it existed are read too.
+-- The group starts at '0', so items added before it existed are read too.
 local function ensure_groups()
-  redis.pcall('XGROUP', 'CREATE', stream('record'), G, '0', 'MKSTREAM')
-  redis.pcall('XGROUP', 'CREATE', stream('delete'), G, '0', 'MKSTREAM')
+  for _, kind in ipairs(KINDS) do
+    redis.pcall('XGROUP', 'CREATE', stream(kind), G, '0', 'MKSTREAM')
+  end
 end
 -- cmd head... items... tail..., in chunks: Lua's unpack() takes at most ~8000 values.
 local function variadic(cmd, head, items, tail)
@@ -136,7 +158,9 @@ end
 local function next_ids(n)
   if redis.call('EXISTS', SEQ) == 0 then
     local start = now_us()
-    for _, key in ipairs({P .. 'spool:record', P .. 'spool:delete', DEAD}) do
+    local keys = {DEAD}
+    for _, kind in ipairs(KINDS) do keys[#keys + 1] = stream(kind) end
+    for _, key in ipairs(keys) do
       local last = redis.call('XREVRANGE', key, '+', '-', 'COUNT', 1)[1]
       if last and num(last[1]) > start then start = num(last[1]) end
     end
@@ -150,7 +174,7 @@ local function entry(kind, id)
   return nil
 end
 local function kind_of(id)
-  for _, kind in ipairs({'record', 'delete'}) do
+  for _, kind in ipairs(KINDS) do
     local f = entry(kind, id)
     if f then return kind, f end
   end
@@ -201,6 +225,10 @@ local function scan(key, start, stop, visit)
     start = '(' .. page[#page][1]
   end
 end
+-- Only records and uploads name a user; a deletion cancels those of its users in flight.
+local function cancelled(kind, id)
+  return (kind == 'record' or kind == 'user') and redis.call('SISMEMBER', CANCELLED, id) == 1
+end
 -- Gone from the spool whatever its state (the group must exist).
 local function drop(kind, id)
   redis.call('XACK', stream(kind), G, id)
@@ -212,13 +240,17 @@ local function drop(kind, id)
   redis.call('ZREM', REQUEUED, id)
 end
 """
+# The spool's kinds, for the helpers and scripts that visit every stream.
+_LUA_KINDS = "local KINDS = {" + ", ".join(f"'{kind}'" for kind in KINDS) + "}\n"
 
 # ARGV: prefix, dedup window (ms, 0 = none), status name ('' = none), status JSON ('' =
 # clear), then the pre-scan of a batch with deletions (see RedisStore._prescan), '-' for
-# none, else: record stream mark, dead-letter mark, u, u user ids, a, a anonymous ids,
-# r, r record candidates, d, d dead-letter candidates. Then per item: '-' or '+<dedup
-# key>', source, n, n records, m, m (anonymous, user) pairs, d, d user ids [, the deletion
-# notice's body when d > 0].
+# none, else: record stream mark, upload stream mark, dead-letter mark, u, u user ids, a,
+# a anonymous ids, r, r record candidates, v, v upload candidates, d, d dead-letter
+# candidates. Then per item: '-' or '+<dedup key>', source, n, n records, m, m
+# (anonymous, user) pairs, d, d user ids [, the deletion notice's body when d > 0], p,
+# p profile changes: '-' or '+<user id>', '-' or '+<anonymous id>', at (µs), f, f
+# (field, JSON value) pairs of the profile hash, '' for a value that removes its field.
 _ACCEPT = r"""
 local ttl = tonumber(ARGV[2])
 local i = 5
@@ -237,14 +269,20 @@ local pre = nil
 if ARGV[i] == '-' then
   i = i + 1
 else
-  pre = {records_to = ARGV[i], dead_to = ARGV[i + 1]}
-  i = i + 2
+  pre = {to = {record = ARGV[i], user = ARGV[i + 1]}, dead_to = ARGV[i + 2]}
+  i = i + 3
   pre.users, pre.anonymous = set(list()), set(list())
-  pre.records, pre.dead = list(), list()
+  pre.found = {record = list(), user = list()}
+  pre.dead = list()
+end
+local function optional(s)
+  if s == '-' then return nil end
+  return string.sub(s, 2)
 end
 local items = {}
 while i <= #ARGV do
-  local it = {key = ARGV[i], source = ARGV[i + 1], records = {}, links = {}, deletions = {}}
+  local it = {key = ARGV[i], source = ARGV[i + 1], records = {}, links = {}, deletions = {},
+              changes = {}}
   local n = tonumber(ARGV[i + 2]); i = i + 3
   for j = 1, n do it.records[j] = ARGV[i]; i = i + 1 end
   n = tonumber(ARGV[i]); i = i + 1
@@ -252,6 +290,14 @@ while i <= #ARGV do
   n = tonumber(ARGV[i]); i = i + 1
   for j = 1, n do it.deletions[j] = ARGV[i]; i = i + 1 end
   if n > 0 then it.notice = ARGV[i]; i = i + 1 end
+  n = tonumber(ARGV[i]); i = i + 1
+  for j = 1, n do
+    local c = {user = optional(ARGV[i]), anonymous = optional(ARGV[i + 1]),
+               at = tonumber(ARGV[i + 2]), fields = {}}
+    local f = tonumber(ARGV[i + 3]); i = i + 4
+    for k = 1, 2 * f do c.fields[k] = ARGV[i]; i = i + 1 end
+    it.changes[j] = c
+  end
   items[#items + 1] = it
 end
 local now = now_us()
@@ -284,11 +330,78 @@ local function link(anonymous, user)
   linked = true
 end
 
--- A deletion: drop the users' queued records (and those of their anonymous ids) and
--- dead letters, then their links. The pre-scan, done outside this script, found the
--- entries up to its marks that may be theirs: they are checked again here, with the
--- entries added since. Only if the users gained an anonymous id since the pre-scan are
--- the whole streams scanned here (it blocks Redis about 2.5 µs per entry).
+-- The body of a user upload, byte for byte as orjson writes it (cjson escapes '/').
+local ESCAPES = {['"'] = '\\"', ['\\'] = '\\\\', ['\b'] = '\\b', ['\f'] = '\\f',
+                 ['\n'] = '\\n', ['\r'] = '\\r', ['\t'] = '\\t'}
+local function upload_body(user)
+  local quoted = string.gsub(user, '[%z\1-\31"\\]', function(c)
+    return ESCAPES[c] or string.format('\\u%04x', string.byte(c))
+  end)
+  return '{"user_id":"' .. quoted .. '"}'
+end
+
+local created = n2s(now)
+-- A profile was written: a user's gets one upload queued, unless one waits that has not
+-- read it yet (take_profiles clears the mark); an anonymous one is never uploaded.
+local function touched(id, anonymous, source)
+  redis.call('HSET', UPDATED, id, created)
+  if anonymous then
+    redis.call('SADD', ANONYMOUS, id)
+    return
+  end
+  redis.call('SREM', ANONYMOUS, id)
+  if redis.call('SADD', QUEUED, id) == 1 then
+    redis.call('XADD', stream('user'), '0-' .. n2s(next_ids(1)), 'b', upload_body(id),
+               's', source, 'c', created)
+  end
+end
+local function drop_profile(id)
+  redis.call('DEL', profile(id))
+  redis.call('HDEL', UPDATED, id)
+  redis.call('SREM', ANONYMOUS, id)
+  redis.call('SREM', QUEUED, id)
+end
+
+-- A link names an anonymous profile's user: its values fill the gaps of the user's.
+local function join(anonymous, user, source)
+  if redis.call('SISMEMBER', ANONYMOUS, anonymous) == 0 then return end
+  local fields = redis.call('HGETALL', profile(anonymous))
+  drop_profile(anonymous)
+  for j = 1, #fields, 2 do redis.call('HSETNX', profile(user), fields[j], fields[j + 1]) end
+  touched(user, false, source)
+end
+
+-- A change goes to its user, else to its anonymous id's user (links of this batch
+-- count), else to the anonymous id's own profile; one no newer than a deletion of that
+-- user is ignored, so a late or replayed message never brings a deleted user back.
+local function change(c, source)
+  local target, anonymous = c.user, false
+  if not target then
+    target = redis.call('HGET', LINK, c.anonymous)
+    if not target then target, anonymous = c.anonymous, true end
+  end
+  local deleted = redis.call('HGET', DELETED, target)
+  if deleted and c.at <= tonumber(deleted) then return end
+  local sets, removes = {}, {}
+  for j = 1, #c.fields, 2 do
+    if c.fields[j + 1] == '' then
+      removes[#removes + 1] = c.fields[j]
+    else
+      sets[#sets + 1] = c.fields[j]
+      sets[#sets + 1] = c.fields[j + 1]
+    end
+  end
+  variadic('HSET', {profile(target)}, sets)
+  variadic('HDEL', {profile(target)}, removes)
+  touched(target, anonymous, source)
+end
+
+-- A deletion: drop the users' queued records (and those of their anonymous ids),
+-- uploads and dead letters, then their profiles and links, and remember when. The
+-- pre-scan, done outside this script, found the entries up to its marks that may be
+-- theirs: they are checked again here, with the entries added since. Only if the users
+-- gained an anonymous id since the pre-scan are the whole streams scanned here (it
+-- blocks Redis about 2.5 µs per entry).
 local function forget(users)
   local targets, anonymous, complete = set(users), {}, pre ~= nil
   for _, u in ipairs(users) do
@@ -299,50 +412,62 @@ local function forget(users)
     end
   end
   local mine = matcher(targets, anonymous)
-  local function record(id, f)
-    if mine(field(f, 'b')) and redis.call('SISMEMBER', CANCELLED, id) == 0 then
-      local till = redis.call('ZSCORE', leased('record'), id)
-      if till and tonumber(till) > now then
-        -- Being sent right now: cannot be recalled. Cancelled, it is never retried, and
-        -- the deletion notice waits until it settles (see the claim script).
-        redis.call('SADD', CANCELLED, id)
-      else
-        drop('record', id)
+  local function queued(kind)
+    return function(id, f)
+      if mine(field(f, 'b')) and redis.call('SISMEMBER', CANCELLED, id) == 0 then
+        local till = redis.call('ZSCORE', leased(kind), id)
+        if till and tonumber(till) > now then
+          -- Being sent right now: cannot be recalled. Cancelled, it is never retried, and
+          -- the deletion notice waits until it settles (see the claim script).
+          redis.call('SADD', CANCELLED, id)
+        else
+          drop(kind, id)
+        end
       end
     end
   end
   local function dead(id, f)
-    if field(f, 'k') == 'record' and mine(field(f, 'b')) then redis.call('XDEL', DEAD, id) end
+    local kind = field(f, 'k')
+    if (kind == 'record' or kind == 'user') and mine(field(f, 'b')) then
+      redis.call('XDEL', DEAD, id)
+    end
+  end
+  for _, kind in ipairs({'record', 'user'}) do
+    if complete then
+      for _, id in ipairs(pre.found[kind]) do
+        local f = entry(kind, id)
+        if f then queued(kind)(id, f) end
+      end
+      scan(stream(kind), pre.to[kind], '+', queued(kind))
+    else
+      scan(stream(kind), '-', '+', queued(kind))
+    end
   end
   if complete then
-    for _, id in ipairs(pre.records) do
-      local f = entry('record', id)
-      if f then record(id, f) end
-    end
-    scan(stream('record'), pre.records_to, '+', record)
     for _, id in ipairs(pre.dead) do
       local r = redis.call('XRANGE', DEAD, id, id)
       if r[1] then dead(id, r[1][2]) end
     end
     scan(DEAD, pre.dead_to, '+', dead)
   else
-    scan(stream('record'), '-', '+', record)
     scan(DEAD, '-', '+', dead)
   end
   for _, u in ipairs(users) do
     local key = P .. 'user:' .. u
+    drop_profile(u)
     for _, a in ipairs(redis.call('ZRANGE', key, 0, -1)) do
       if redis.call('HGET', LINK, a) == u then
+        drop_profile(a)
         redis.call('HDEL', LINK, a)
         redis.call('ZREM', RECENT, a)
       end
     end
     redis.call('DEL', key)
+    redis.call('HSET', DELETED, u, created)
   end
 end
 
 local nxt = count > 0 and next_ids(count) or 0
-local created = n2s(now)
 for k, it in ipairs(items) do
   if flags[k] == '0' then
     for _, body in ipairs(it.records) do
@@ -351,6 +476,8 @@ for k, it in ipairs(items) do
       nxt = nxt + 1
     end
     for _, pair in ipairs(it.links) do link(pair[1], pair[2]) end
+    for _, pair in ipairs(it.links) do join(pair[1], pair[2], it.source) end
+    for _, c in ipairs(it.changes) do change(c, it.source) end
     if it.notice then
       -- Records before the notice (this batch's included) are in the stream: dropped.
       ensure_groups()
@@ -369,12 +496,12 @@ end
 return table.concat(flags)
 """
 
-# ARGV: prefix, 'record' | 'dead', after (exclusive, '-' for the start), up to, count,
-# u, u user ids, anonymous ids... One page of the pre-scan: read-only, bounded, so Redis
-# serves other clients between pages. Returns the last id read ('' when done), then
+# ARGV: prefix, 'record' | 'user' | 'dead', after (exclusive, '-' for the start), up to,
+# count, u, u user ids, anonymous ids... One page of the pre-scan: read-only, bounded, so
+# Redis serves other clients between pages. Returns the last id read ('' when done), then
 # the ids of the entries that may belong to the users.
 _FIND = r"""
-local key = ARGV[2] == 'dead' and DEAD or stream('record')
+local key = ARGV[2] == 'dead' and DEAD or stream(ARGV[2])
 local after, stop, count = ARGV[3], ARGV[4], tonumber(ARGV[5])
 local users, anonymous, n = {}, {}, tonumber(ARGV[6])
 for j = 7, 6 + n do users[ARGV[j]] = true end
@@ -385,7 +512,8 @@ local page = redis.call('XRANGE', key, after, stop, 'COUNT', count)
 local out = {#page < count and '' or page[#page][1]}
 for _, e in ipairs(page) do
   local f = e[2]
-  if (key ~= DEAD or field(f, 'k') == 'record') and mine(field(f, 'b')) then
+  local kind = key == DEAD and field(f, 'k') or ARGV[2]
+  if (kind == 'record' or kind == 'user') and mine(field(f, 'b')) then
     out[#out + 1] = e[1]
   end
 end
@@ -404,10 +532,11 @@ ensure_groups()
 if kind == 'delete' then
   -- Cancelled sends whose lease ran out will never settle (their sender died).
   for _, id in ipairs(redis.call('SMEMBERS', CANCELLED)) do
-    local till = redis.call('ZSCORE', leased('record'), id)
-    if not till or tonumber(till) <= now then drop('record', id) end
+    local of = kind_of(id) or 'record'
+    local till = redis.call('ZSCORE', leased(of), id)
+    if not till or tonumber(till) <= now then drop(of, id) end
   end
-  -- A deleted user's record is still being sent: the deletion waits for it.
+  -- A deleted user's record or upload is still being sent: the deletion waits for it.
   if redis.call('SCARD', CANCELLED) > 0 then return {} end
 end
 
@@ -430,8 +559,8 @@ local function collect(key, from)
   for i = 1, #r, 2 do
     local id = r[i]
     local f = entry(kind, id)
-    if kind == 'record' and redis.call('SISMEMBER', CANCELLED, id) == 1 then
-      drop('record', id)  -- a deleted user's record whose sender died: never sent again
+    if cancelled(kind, id) then
+      drop(kind, id)  -- a deleted user's item whose sender died: never sent again
     elseif f then
       old[#old + 1] = candidate(id, f, tonumber(r[i + 1]), from)
     else
@@ -448,21 +577,31 @@ end
 table.sort(old, before)
 
 -- New items are read only as the merge needs them (all at once when nothing older
--- waits); what was read but not taken is parked, ready since it was queued.
+-- waits); what was read but not taken is parked, ready since it was queued, and so is
+-- an item queued with a delay that has not run out.
 local fresh, fi, exhausted = {}, 1, false
 local chunk = (#old == 0) and limit or math.min(limit, 100)
 local taken, total, oi = {}, 0, 1
+local park, acks = {}, {}
 local function read_new()
   local want = math.min(chunk, limit - #taken)
   local r = redis.call('XREADGROUP', 'GROUP', G, owner, 'COUNT', want, 'STREAMS', S, '>')
+  local entries = r and r[1][2] or {}
   fresh, fi = {}, 1
-  if r then
-    for _, e in ipairs(r[1][2]) do fresh[#fresh + 1] = candidate(e[1], e[2], nil, 'new') end
+  for _, e in ipairs(entries) do
+    local c = candidate(e[1], e[2], nil, 'new')
+    if c.at > now then
+      park[#park + 1] = n2s(c.at)
+      park[#park + 1] = c.id
+      acks[#acks + 1] = c.id
+    else
+      fresh[#fresh + 1] = c
+    end
   end
-  exhausted = #fresh < want
+  exhausted = #entries < want
 end
 while #taken < limit do
-  if fi > #fresh and not exhausted then read_new() end
+  while fi > #fresh and not exhausted do read_new() end
   local o, f = old[oi], fresh[fi]
   local c = f
   if o and (not f or before(o, f)) then c = o end
@@ -473,7 +612,6 @@ while #taken < limit do
   taken[#taken + 1] = c
   if c == o then oi = oi + 1 else fi = fi + 1 end
 end
-local park, acks = {}, {}
 for k = fi, #fresh do
   park[#park + 1] = n2s(fresh[k].at)
   park[#park + 1] = fresh[k].id
@@ -517,12 +655,12 @@ ensure_groups()
 local ids = {}
 for n in string.gmatch(ARGV[2], '%d+') do ids[#ids + 1] = '0-' .. n end
 local gone = 0
-for _, kind in ipairs({'record', 'delete'}) do
+for _, kind in ipairs(KINDS) do
   variadic('XACK', {stream(kind), G}, ids)
   gone = gone + variadic('XDEL', {stream(kind)}, ids)
   variadic('ZREM', {leased(kind)}, ids)
   variadic('ZREM', {ready(kind)}, ids)
-  if gone >= #ids then break end  -- all were records: the delete stream is left alone
+  if gone >= #ids then break end  -- all found: the other kinds' streams are left alone
 end
 variadic('HDEL', {STATE}, ids)
 variadic('SREM', {CANCELLED}, ids)
@@ -540,7 +678,7 @@ local due = n2s(now + delay)
 for i = 5, #ARGV do
   local id = ARGV[i]
   local kind = kind_of(id)
-  if kind == 'record' and redis.call('SISMEMBER', CANCELLED, id) == 1 then
+  if cancelled(kind, id) then
     drop(kind, id)
   elseif kind then
     redis.call('XACK', stream(kind), G, id)
@@ -564,7 +702,7 @@ for i = 2, #ARGV, 2 do
   local kind, f = kind_of(id)
   if kind then
     -- A cancelled item's user was deleted: dropped, not kept as a dead letter.
-    if not (kind == 'record' and redis.call('SISMEMBER', CANCELLED, id) == 1) then
+    if not cancelled(kind, id) then
       local attempts = state_of(id)
       redis.call('XADD', DEAD, '0-' .. n2s(nxt), 'k', kind, 'b', field(f, 'b'),
                  's', field(f, 's'), 'r', reason, 'n', n2s(attempts), 'c', field(f, 'c'),
@@ -604,6 +742,39 @@ end
 return #entries
 """
 
+# ARGV: prefix, kind, source, delay (µs), bodies... New items, ready after the delay (a
+# claim parks them until then); returns the first id, the others follow it.
+_ENQUEUE = r"""
+local kind, source, delay = ARGV[2], ARGV[3], tonumber(ARGV[4])
+local now = now_us()
+local first = next_ids(#ARGV - 4)
+local created, due = n2s(now), n2s(now + delay)
+for i = 5, #ARGV do
+  local id = '0-' .. n2s(first + i - 5)
+  if delay > 0 then
+    redis.call('XADD', stream(kind), id, 'b', ARGV[i], 's', source, 'c', created, 'q', due)
+  else
+    redis.call('XADD', stream(kind), id, 'b', ARGV[i], 's', source, 'c', created)
+  end
+end
+return first
+"""
+
+# ARGV: prefix, user ids... Each user's profile ((field, value) pairs), those without one
+# left out; their queued uploads stop waiting, so a later change queues a new one.
+_TAKE_PROFILES = r"""
+local out = {}
+for i = 2, #ARGV do
+  local id = ARGV[i]
+  if redis.call('HEXISTS', UPDATED, id) == 1 and redis.call('SISMEMBER', ANONYMOUS, id) == 0 then
+    redis.call('SREM', QUEUED, id)
+    out[#out + 1] = id
+    out[#out + 1] = redis.call('HGETALL', profile(id))
+  end
+end
+return out
+"""
+
 # UNLINK: a large stream is freed in the background, not while Redis serves nobody.
 _PURGE_DEAD = r"""
 local n = redis.call('XLEN', DEAD)
@@ -611,9 +782,6 @@ redis.call('UNLINK', DEAD)
 return n
 """
 
-# Spool depth (in flight, parked and cancelled included), oldest created_at, dead letters.
-# Stream order is queueing order, so the oldest is a stream's first entry, or a requeued
-# dead letter (queued again with its old created_at).
 # A named lease: KEYS[1] the lease key, ARGV[1] the owner, ARGV[2] its length (ms).
 _TAKE_LEASE = r"""
 local held = redis.call('GET', KEYS[1])
@@ -626,10 +794,14 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
 return 1
 """
 
+# Spool depth (in flight, parked and cancelled included), oldest created_at, dead letters,
+# user tasks, user profiles, anonymous profiles. Stream order is queueing order, so the
+# oldest is a stream's first entry, or a requeued dead letter (queued again with its old
+# created_at).
 _STATS = r"""
 local now = now_us()
 local depth, oldest = 0, nil
-for _, kind in ipairs({'record', 'delete'}) do
+for _, kind in ipairs(KINDS) do
   depth = depth + redis.call('XLEN', stream(kind))
   local first = redis.call('XRANGE', stream(kind), '-', '+', 'COUNT', 1)
   if first[1] then
@@ -639,7 +811,10 @@ for _, kind in ipairs({'record', 'delete'}) do
 end
 local r = redis.call('ZRANGE', REQUEUED, 0, 0, 'WITHSCORES')
 if r[2] and (not oldest or tonumber(r[2]) < oldest) then oldest = tonumber(r[2]) end
-return {depth, oldest and n2s(now - oldest) or '', redis.call('XLEN', DEAD)}
+local anonymous = redis.call('SCARD', ANONYMOUS)
+return {depth, oldest and n2s(now - oldest) or '', redis.call('XLEN', DEAD),
+        redis.call('XLEN', stream('user_task')), redis.call('HLEN', UPDATED) - anonymous,
+        anonymous}
 """
 
 # ARGV: prefix, id. {user, linked_at} or {}, then the id's anonymous ids, newest first.
@@ -678,7 +853,7 @@ _UPKEEP = r"""
 local idle = tonumber(ARGV[2])
 ensure_groups()
 local removed = 0
-for _, kind in ipairs({'record', 'delete'}) do
+for _, kind in ipairs(KINDS) do
   for _, c in ipairs(redis.call('XINFO', 'CONSUMERS', stream(kind), G)) do
     if field(c, 'pending') == 0 and field(c, 'idle') >= idle then
       redis.call('XGROUP', 'DELCONSUMER', stream(kind), G, field(c, 'name'))
@@ -692,6 +867,36 @@ return removed
 
 def _counted(values: Sequence[Any]) -> list[Any]:
     return [len(values), *values]
+
+
+def _profile_change(change: ProfileChange) -> list[Any]:
+    """A profile change as the accept script takes it: its ids, its time (µs), then the
+    fields of the profile hash it sets (to a JSON value) or removes (''). The table's own
+    field comes first: the table stays in the profile when all its keys are removed."""
+    fields: list[bytes] = [orjson.dumps([change.table]), b"{}"]
+    for part, values in change.changes.items():
+        for key, value in values.items():
+            fields.append(orjson.dumps([change.table, part, key]))
+            fields.append(b"" if value is None else orjson.dumps(value))
+    return [
+        "-" if change.user_id is None else f"+{change.user_id}",
+        "-" if change.anonymous_id is None else f"+{change.anonymous_id}",
+        round(change.at * 1_000_000),
+        len(fields) // 2,
+        *fields,
+    ]
+
+
+def _profile_data(fields: Iterable[tuple[bytes, bytes]]) -> dict[str, dict[str, Any]]:
+    """A profile hash's (field, value) pairs as ``{table: {part: {key: value}}}``."""
+    data: dict[str, dict[str, Any]] = {}
+    for name, value in fields:
+        table, *path = orjson.loads(name)
+        parts = data.setdefault(table, {})
+        if path:
+            part, key = path
+            parts.setdefault(part, {})[key] = orjson.loads(value)
+    return data
 
 
 def _sid(n: int) -> str:
@@ -754,10 +959,12 @@ class RedisStore:
             retry=Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,)),
         )
         self._scripts = {
-            name: self._client.register_script(_LUA + source)
+            name: self._client.register_script(_LUA_KINDS + _LUA + source)
             for name, source in (
                 ("accept", _ACCEPT),
                 ("find", _FIND),
+                ("enqueue", _ENQUEUE),
+                ("take_profiles", _TAKE_PROFILES),
                 ("claim", _CLAIM),
                 ("ack", _ACK),
                 ("unsent", _UNSENT),
@@ -891,6 +1098,11 @@ class RedisStore:
             if item.deletions:
                 args.extend(item.deletions)
                 args.append(orjson.dumps({"user_ids": item.deletions}))
+            # A change naming neither id has no profile to go to.
+            changes = [c for c in item.profiles if (c.user_id, c.anonymous_id) != (None, None)]
+            args.append(len(changes))
+            for change in changes:
+                args.extend(_profile_change(change))
         flags = self._run("accept records", "accept", args)
         return [flag == ord("1") for flag in flags]
 
@@ -904,25 +1116,23 @@ class RedisStore:
             pipe = self._client.pipeline(transaction=False)
             for user in sorted(users):
                 pipe.zrange(self._key(f"user:{user}"), 0, -1)
-            pipe.xrevrange(self._key("spool:record"), count=1)
-            pipe.xrevrange(self._key("dead"), count=1)
-            *linked, last_record, last_dead = pipe.execute()
+            for key in _SCANNED.values():
+                pipe.xrevrange(self._key(key), count=1)
+            replies = pipe.execute()
+        linked, tops = replies[: len(users)], replies[len(users) :]
         anonymous = {a.decode() for ids in linked for a in ids}
         # Links of this batch are stored before its deletions are carried out.
         anonymous |= {link.anonymous_id for i in batch for link in i.links if link.user_id in users}
-        marks = [
-            entries[0][0].decode() if entries else "0-0" for entries in (last_record, last_dead)
-        ]
+        marks = [entries[0][0].decode() if entries else "0-0" for entries in tops]
         found = [
             self._find(which, mark, sorted(users), sorted(anonymous))
-            for which, mark in zip(("record", "dead"), marks, strict=True)
+            for which, mark in zip(_SCANNED, marks, strict=True)
         ]
         return [
             *marks,
             *_counted(sorted(users)),
             *_counted(sorted(anonymous)),
-            *_counted(found[0]),
-            *_counted(found[1]),
+            *(part for each in found for part in _counted(each)),
         ]
 
     def _find(self, which: str, stop: str, users: list[str], anonymous: list[str]) -> list[str]:
@@ -936,6 +1146,47 @@ class RedisStore:
             after = page[0].decode()
             found += [sid.decode() for sid in page[1:]]
         return found
+
+    # ------------------------------------------------------------------ profiles
+
+    def take_profiles(self, user_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """The users' merged profiles; their queued uploads stop waiting (see Store)."""
+        ids = list(dict.fromkeys(user_ids))
+        if not ids:
+            return {}
+        reply = self._run("take profiles to upload", "take_profiles", ids)
+        return {
+            user.decode(): _profile_data(zip(fields[::2], fields[1::2], strict=True))
+            for user, fields in zip(reply[::2], reply[1::2], strict=True)
+        }
+
+    def profile_of(self, any_id: str) -> dict[str, Any] | None:
+        """An id's stored profile, or None; read in one MULTI/EXEC, so consistent."""
+        with self._redis("read a profile"):
+            pipe = self._client.pipeline(transaction=True)
+            pipe.hget(self._key("profiles:updated"), any_id)
+            pipe.sismember(self._key("profiles:anonymous"), any_id)
+            pipe.hgetall(self._key(f"profile:{any_id}"))
+            updated, anonymous, fields = pipe.execute()
+        if updated is None:
+            return None
+        return {
+            "data": _profile_data(fields.items()),
+            "anonymous": bool(anonymous),
+            "updated_at": _seconds(updated),
+        }
+
+    def enqueue(
+        self, kind: str, bodies: Sequence[bytes], source: str, delay: float = 0.0
+    ) -> list[int]:
+        """New spool items of ``kind``, ready after ``delay`` seconds."""
+        if kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, not {kind!r}")
+        if not bodies:
+            return []
+        delay_us = max(0, round(delay * 1_000_000))
+        first = self._run(f"queue {kind} items", "enqueue", [kind, source, delay_us, *bodies])
+        return list(range(first, first + len(bodies)))
 
     # ------------------------------------------------------------------ identity
 
@@ -1001,8 +1252,8 @@ class RedisStore:
         self, kind: str, limit: int, max_bytes: int, lease: float, owner: str
     ) -> list[Claimed]:
         """Lease the longest-ready items; the first always fits, however large."""
-        if kind not in _KINDS:
-            raise ValueError(f"kind must be one of {_KINDS}, not {kind!r}")
+        if kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, not {kind!r}")
         if limit < 1:
             return []
         reply = self._run(
@@ -1106,12 +1357,16 @@ class RedisStore:
         return orjson.loads(value) if value is not None else None
 
     def stats(self) -> dict[str, Any]:
-        """Spool depth (in flight and waiting for a retry included), oldest age, dead letters."""
-        depth, age, dead = self._run("read the spool's stats", "stats", [])
+        """Spool depth (in flight and waiting for a retry included), oldest age, dead letters,
+        user tasks still to check, profiles (users, anonymous)."""
+        depth, age, dead, tasks, users, anonymous = self._run("read the spool's stats", "stats", [])
         return {
             "spool": int(depth),
             "oldest_age": round(_seconds(age), 3) if age else 0.0,
             "dead_letters": int(dead),
+            "user_tasks": int(tasks),
+            "profiles": int(users),
+            "anonymous_profiles": int(anonymous),
         }
 
     def add_activity(self, rows: Sequence[tuple[int, str, str, str, int]]) -> None:

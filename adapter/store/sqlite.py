@@ -24,6 +24,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import orjson
 
+from adapter.identity import ProfileChange, merge_profile
 from adapter.store import ACTIVITY_KEEP_MINUTES, Claimed, DeadLetter, Incoming, StoreError
 
 __all__ = ["SqliteStore"]
@@ -36,7 +37,7 @@ _SCHEMA_VERSION = 2
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS spool (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
-    kind TEXT NOT NULL,                 -- 'record' (POST), 'delete' (DELETE user ids), 'cancelled'
+    kind TEXT NOT NULL,                 -- one of store.KINDS, or 'cancelled'
     size INTEGER NOT NULL,              -- of the body
     source TEXT NOT NULL,
     created_at REAL NOT NULL,
@@ -73,6 +74,17 @@ CREATE TABLE IF NOT EXISTS links (
 CREATE INDEX IF NOT EXISTS links_user ON links (user_id, linked_at);
 -- The console's newest links: read backwards from the top instead of sorting every link.
 CREATE INDEX IF NOT EXISTS links_recent ON links (linked_at);
+CREATE TABLE IF NOT EXISTS profiles (
+    id TEXT PRIMARY KEY,                -- a user id, or an anonymous id no link names yet
+    anonymous INTEGER NOT NULL,         -- 1: kept aside for its user, never uploaded
+    data BLOB NOT NULL,                 -- JSON {source: {part: {key: value}}}
+    updated_at REAL NOT NULL,
+    queued INTEGER NOT NULL DEFAULT 0   -- 1: a 'user' upload waits that has not read it
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS profile_deletions (
+    user_id TEXT PRIMARY KEY,           -- a deleted user: older profile changes are ignored
+    deleted_at REAL NOT NULL
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS status (
     name TEXT PRIMARY KEY,
     value BLOB NOT NULL,
@@ -358,6 +370,10 @@ class SqliteStore:
                     "linked_at = excluded.linked_at",
                     [(link.anonymous_id, link.user_id, now) for link in item.links],
                 )
+                for link in item.links:
+                    self._join_profile(db, link.anonymous_id, link.user_id, item.source, now)
+            for change in item.profiles:
+                self._change_profile(db, change, item.source, now)
             if item.deletions:
                 # Records before the deletion notice go in first, so it can drop them.
                 self._insert_spool(db, rows)
@@ -370,6 +386,105 @@ class SqliteStore:
         if job.status is not None:
             self._put_status(db, *job.status)
         return duplicates
+
+    # ------------------------------------------------------------------ profiles
+
+    @staticmethod
+    def _load_profile(db: sqlite3.Connection, profile_id: str) -> tuple[dict, bool] | None:
+        row = db.execute("SELECT data, queued FROM profiles WHERE id = ?", (profile_id,)).fetchone()
+        return None if row is None else (orjson.loads(row[0]), bool(row[1]))
+
+    def _save_profile(
+        self,
+        db: sqlite3.Connection,
+        user_id: str,
+        data: dict,
+        anonymous: bool,
+        queued: bool,
+        source: str,
+        now: float,
+    ) -> None:
+        """Write a profile; a user's changed profile gets an upload queued unless one waits."""
+        enqueue = not anonymous and not queued
+        db.execute(
+            "INSERT INTO profiles (id, anonymous, data, updated_at, queued) VALUES (?, ?, ?, ?, ?) "
+            "ON CONFLICT (id) DO UPDATE SET anonymous = excluded.anonymous, data = excluded.data, "
+            "updated_at = excluded.updated_at, queued = excluded.queued",
+            (user_id, int(anonymous), orjson.dumps(data), now, int(queued or enqueue)),
+        )
+        if enqueue:
+            body = orjson.dumps({"user_id": user_id})
+            self._insert_spool(db, [("user", body, len(body), source, now, now)])
+
+    def _change_profile(
+        self, db: sqlite3.Connection, change: ProfileChange, source: str, now: float
+    ) -> None:
+        target, anonymous = change.user_id, False
+        if target is None:
+            row = db.execute(
+                "SELECT user_id FROM links WHERE anonymous_id = ?", (change.anonymous_id,)
+            ).fetchone()
+            target, anonymous = (row[0], False) if row else (change.anonymous_id, True)
+        deleted = db.execute(
+            "SELECT deleted_at FROM profile_deletions WHERE user_id = ?", (target,)
+        ).fetchone()
+        if deleted is not None and change.at <= deleted[0]:
+            return  # older than the user's deletion: it must not bring them back
+        loaded = self._load_profile(db, target)
+        data, queued = loaded if loaded is not None else ({}, False)
+        merge_profile(data.setdefault(change.table, {}), change.changes)
+        self._save_profile(db, target, data, anonymous, queued, source, now)
+
+    def _join_profile(
+        self, db: sqlite3.Connection, anonymous_id: str, user_id: str, source: str, now: float
+    ) -> None:
+        """A link names an anonymous profile's user: its values fill the user's gaps."""
+        row = db.execute(
+            "DELETE FROM profiles WHERE id = ? AND anonymous = 1 RETURNING data", (anonymous_id,)
+        ).fetchone()
+        if row is None:
+            return
+        loaded = self._load_profile(db, user_id)
+        data, queued = loaded if loaded is not None else ({}, False)
+        for each, parts in orjson.loads(row[0]).items():
+            mine = data.setdefault(each, {})
+            for part, values in parts.items():
+                mine[part] = {**values, **mine.get(part, {})}
+        self._save_profile(db, user_id, data, False, queued, source, now)
+
+    def take_profiles(self, user_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """The users' merged profiles; their queued uploads stop waiting (see Store)."""
+        if not user_ids:
+            return {}
+        with self._write() as db:
+            rows = db.execute(
+                "UPDATE profiles SET queued = 0 WHERE anonymous = 0 AND id IN "
+                "(SELECT value FROM json_each(?)) RETURNING id, data",
+                (orjson.dumps(list(user_ids)),),
+            ).fetchall()
+        return {user_id: orjson.loads(data) for user_id, data in rows}
+
+    def profile_of(self, any_id: str) -> dict[str, Any] | None:
+        """An id's stored profile, or None."""
+        rows = self._read(
+            "SELECT data, anonymous, updated_at FROM profiles WHERE id = ?", (any_id,)
+        )
+        if not rows:
+            return None
+        data, anonymous, updated_at = rows[0]
+        return {"data": orjson.loads(data), "anonymous": bool(anonymous), "updated_at": updated_at}
+
+    def enqueue(
+        self, kind: str, bodies: Sequence[bytes], source: str, delay: float = 0.0
+    ) -> list[int]:
+        """New spool items of ``kind``, ready after ``delay`` seconds."""
+        if not bodies:
+            return []
+        now = time.time()
+        with self._write() as db:
+            return self._insert_spool(
+                db, [(kind, body, len(body), source, now, now + delay) for body in bodies]
+            )
 
     @staticmethod
     def _fresh_keys(db: sqlite3.Connection, keys: list[str], ttl: float, now: float) -> set[str]:
@@ -392,14 +507,15 @@ class SqliteStore:
         }
 
     @staticmethod
-    def _insert_spool(db: sqlite3.Connection, rows: list[tuple]) -> None:
-        """Enqueue ``(kind, body, size, source, created_at, ready_at)`` rows, bodies apart.
+    def _insert_spool(db: sqlite3.Connection, rows: list[tuple]) -> list[int]:
+        """Enqueue ``(kind, body, size, source, created_at, ready_at)`` rows, bodies apart;
+        returns their ids.
 
         Ids are handed out from AUTOINCREMENT's counter under the write lock, so they
         stay unique for ever (an ack can never hit a later item) and link row and body.
         """
         if not rows:
-            return
+            return []
         (last,) = db.execute(
             "SELECT COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'spool'), "
             "(SELECT MAX(id) FROM spool), 0)"
@@ -415,6 +531,7 @@ class SqliteStore:
             "INSERT INTO bodies (id, body) VALUES (?, ?)",
             [(first + n, row[1]) for n, row in enumerate(rows)],
         )
+        return list(range(first, first + len(rows)))
 
     @staticmethod
     def _drop(db: sqlite3.Connection, where: str, args: Sequence[Any] = ()) -> int:
@@ -429,7 +546,8 @@ class SqliteStore:
 
     @staticmethod
     def _forget(db: sqlite3.Connection, user_id: str) -> None:
-        """A deletion notice: drop the user's queued records, dead letters and links.
+        """A deletion notice: drop the user's queued records and uploads, dead letters,
+        links and profiles (their anonymous ids' too), and remember when.
 
         Records of the user's anonymous ids go too: once sent they would be joined to the
         user. A record being sent right now cannot be recalled: it is marked 'cancelled',
@@ -443,12 +561,24 @@ class SqliteStore:
         in_spool = f"id IN (SELECT id FROM bodies WHERE {mine})"
         now = time.time()
         db.execute(
-            f"UPDATE spool SET kind = 'cancelled' WHERE kind = 'record' AND owner IS NOT NULL "
-            f"AND ready_at > ?2 AND {in_spool}",
+            f"UPDATE spool SET kind = 'cancelled' WHERE kind IN ('record', 'user') "
+            f"AND owner IS NOT NULL AND ready_at > ?2 AND {in_spool}",
             (user_id, now),
         )
-        SqliteStore._drop(db, f"kind = 'record' AND {in_spool}", (user_id,))
-        db.execute(f"DELETE FROM dead_letters WHERE kind = 'record' AND {mine}", (user_id,))
+        SqliteStore._drop(db, f"kind IN ('record', 'user') AND {in_spool}", (user_id,))
+        db.execute(
+            f"DELETE FROM dead_letters WHERE kind IN ('record', 'user') AND {mine}", (user_id,)
+        )
+        db.execute(
+            "DELETE FROM profiles WHERE id = ?1 OR id IN "
+            "(SELECT anonymous_id FROM links WHERE user_id = ?1)",
+            (user_id,),
+        )
+        db.execute(
+            "INSERT INTO profile_deletions (user_id, deleted_at) VALUES (?, ?) "
+            "ON CONFLICT (user_id) DO UPDATE SET deleted_at = excluded.deleted_at",
+            (user_id, now),
+        )
         db.execute("DELETE FROM links WHERE user_id = ?", (user_id,))
 
     # ------------------------------------------------------------------ identity
@@ -702,10 +832,18 @@ class SqliteStore:
         now = time.time()
         depth, oldest = self._read("SELECT COUNT(*), MIN(created_at) FROM spool")[0]
         (dead,) = self._read("SELECT COUNT(*) FROM dead_letters")[0]
+        users, anonymous = self._read(
+            "SELECT COUNT(*) - COALESCE(SUM(anonymous), 0), COALESCE(SUM(anonymous), 0) "
+            "FROM profiles"
+        )[0]
+        (tasks,) = self._read("SELECT COUNT(*) FROM spool WHERE kind = 'user_task'")[0]
         return {
             "spool": depth,
             "oldest_age": round(now - oldest, 3) if oldest is not None else 0.0,
             "dead_letters": dead,
+            "user_tasks": tasks,
+            "profiles": users,
+            "anonymous_profiles": anonymous,
         }
 
     def add_activity(self, rows: Sequence[tuple[int, str, str, str, int]]) -> None:
