@@ -31,8 +31,8 @@ if TYPE_CHECKING:
 
 __all__ = ["main"]
 
-#: Sources translated by a mapping table (what `mappings coverage` reports on).
-MAPPED = tuple(name for name in REGISTRY if source_class(name).table is not None)
+#: Sources whose events a table of their own name maps (what `mappings coverage` reads).
+MAPPED = tuple(name for name in REGISTRY if source_class(name).table == name)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -817,19 +817,28 @@ def _identity_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _identity(args: argparse.Namespace) -> int:
-    """`identity show ID`: what an id is linked to, as anonymous id and as user id."""
+    """`identity show ID`: what an id is linked to, as anonymous id and as user id, and
+    its stored profile with the user record it uploads as."""
+    from adapter.users import UsersTables
+
+    config = Config()
     try:
-        links = open_store(Config().ADAPTER_STORE).links_of(args.id)
+        store = open_store(config.ADAPTER_STORE)
+        links = store.links_of(args.id)
+        profile = store.profile_of(args.id)
     except StoreError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    record = None
+    if profile is not None and not profile["anonymous"]:
+        record = UsersTables(config.MAPPINGS_DIR).record(args.id, profile["data"])
     if args.json:
-        print(orjson.dumps({"id": args.id, **links}).decode())
+        print(orjson.dumps({"id": args.id, **links, "profile": profile,
+                            "user_record": record}).decode())  # fmt: skip
         return 0
     user, anonymous = links["user"], links["anonymous"]
     if user is None and not anonymous:
         print(f"{args.id}: no links known")
-        return 0
     if user is not None:
         print(f"{args.id} is an anonymous id of user {user['user_id']} "
               f"(linked {_when(user['linked_at'])})")  # fmt: skip
@@ -837,6 +846,14 @@ def _identity(args: argparse.Namespace) -> int:
         print(f"{args.id} is a user with {len(anonymous)} anonymous id(s), most recent first:")
         for link in anonymous:
             print(f"  {link['anonymous_id']}  (linked {_when(link['linked_at'])})")
+    if profile is None:
+        print(f"{args.id}: no profile stored")
+        return 0
+    kept = "kept for its user until a link names them" if profile["anonymous"] else "stored"
+    print(f"profile {kept} (changed {_when(profile['updated_at'])}):")
+    print(f"  {orjson.dumps(profile['data']).decode()}")
+    if record is not None:
+        print(f"uploads to Miso as:\n  {orjson.dumps(record).decode()}")
     return 0
 
 
@@ -858,7 +875,7 @@ _COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Calla
     ),
     "forward": ("run the forwarder alone [--until-empty]", _forward_args, _forward),
     "replay": (
-        "replay files into Miso: replay segment|mixpanel|miso PATH... [options]",
+        "replay files into Miso: replay segment|mixpanel|mixpanel-profiles|miso PATH... [options]",
         _replay_args,
         _replay,
     ),
@@ -874,7 +891,7 @@ _COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Calla
         _consume,
     ),
     "identity": (
-        "what an id is linked to: identity show ID [--json]",
+        "what an id is linked to, and its profile: identity show ID [--json]",
         _identity_args,
         _identity,
     ),

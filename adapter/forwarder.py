@@ -13,6 +13,15 @@ each record against the Miso model, sends the valid ones, and acts on the answer
 * 401/403 (or a 404 from a wrong URL): stop, keep everything, publish the reason for
   ``/readyz``, and probe again every ``pause_interval`` seconds.
 
+User profiles go the same way to Miso's Users API (``POST /v1/users``), which replaces
+a user's whole record: each queued ``user`` item names a user, whose merged profile is
+read as it is when sent and mapped by its table's ``users:`` section
+(:class:`adapter.users.UsersTables`) to one whole record; ≤ 100 records a request, one
+per user. Miso answers an upload with a task id: the task is checked
+(``GET /v1/users/_status/{task_id}``) until it ends, and the users of a failed task are
+dead-lettered with Miso's words. A deletion notice deletes the user's interactions and
+then their user record.
+
 Leases make several forwarders safe: an item is sent by the process holding its
 lease, and only comes back to another one if that process dies.
 """
@@ -33,9 +42,11 @@ import orjson
 
 from adapter import metrics, records
 from adapter.activity import Activity
+from adapter.config import mappings_dir
 from adapter.identity import complete_ids
-from adapter.miso import MisoClient, Outcome, key_id
+from adapter.miso import MisoClient, Outcome, key_id, parse_422
 from adapter.store import Claimed, Store, StoreError
+from adapter.users import UsersTables
 
 __all__ = ["MISO_STATUS", "Forwarder", "ForwarderSettings", "refusal", "settings_from_env"]
 
@@ -57,6 +68,8 @@ class ForwarderSettings:
     backoff_cap: float = 300.0
     max_retry_age: float = 24 * 3600.0  # give up (dead-letter) after trying this long
     pause_interval: float = 30.0  # while Miso refuses the key, probe this often
+    users_batch: int = 100  # user records per upload, as Miso's Users API recommends
+    task_check: float = 2.0  # first look at a Users API task this long after the upload
 
 
 def refusal(store: Store, api_key: str | None = None) -> dict[str, Any] | None:
@@ -109,8 +122,11 @@ class Forwarder:
         *,
         owner: str | None = None,
         activity: Activity | None = None,
+        users: UsersTables | None = None,
     ) -> None:
         self.store = store
+        # Each source's `users:` section, read at upload time (MAPPINGS_DIR by default).
+        self.users = users if users is not None else UsersTables(mappings_dir())
         # The console's per-minute tallies; flushed from this forwarder's own loop.
         self.activity = activity if activity is not None else Activity(store).manual()
         self.client = client
@@ -161,7 +177,7 @@ class Forwarder:
         batch = self.store.claim("record", s.batch_size, s.max_bytes, s.lease, self.owner)
         if batch:
             self._send_records(batch)
-        return len(batch) + deletions
+        return len(batch) + deletions + self._forward_users() + self._check_tasks()
 
     def drain(self, stop: threading.Event | None = None) -> int:
         """Forward until nothing is ready to send (or Miso refuses the key); returns items taken.
@@ -170,11 +186,19 @@ class Forwarder:
         :meth:`Store.stats` to see what is left.
         """
         taken = 0
+        idle_since = time.monotonic()
         while stop is None or not stop.is_set():
             claimed = self._cycle()
-            if not claimed:
-                break
             taken += claimed
+            if claimed:
+                idle_since = time.monotonic()
+                continue
+            # Users API tasks are checked a moment after their upload: wait for their
+            # answer a while, so a drained spool means every task was seen to succeed.
+            waiting = self.store.stats().get("user_tasks", 0) and not self.paused_until
+            if not waiting or time.monotonic() - idle_since > _TASK_WAIT:
+                break
+            (stop or threading.Event()).wait(0.2)
         self.activity.flush()
         return taken
 
@@ -188,10 +212,14 @@ class Forwarder:
             metrics.count_retried(items)
         for kind, n in Counter(i.kind for i in items).items():
             self.activity.delivery(metric, kind, n)
+            if kind == "user" and metric == "forwarded":
+                self.activity.delivery("users_uploaded", "", n)
 
     def _dead_lettered(self, kind: str, why: str, n: int) -> None:
         metrics.count_dead_lettered(kind, why, n)
         self.activity.delivery("dead_lettered", why, n)
+        if kind == "user":
+            self.activity.delivery("users_refused", why, n)
 
     # ------------------------------------------------------------------ records
 
@@ -328,10 +356,147 @@ class Forwarder:
         for item in claimed:
             user_ids = orjson.loads(item.body)["user_ids"]
             outcome = self.client.delete(user_ids)  # type: ignore[union-attr]
+            if outcome.kind == "ok":
+                # Then the user records: a retry repeats both, and deleting twice is harmless.
+                outcome = self.client.delete_users(user_ids)  # type: ignore[union-attr]
+                if outcome.kind == "ok":
+                    self._task_sent(outcome, "delete", user_ids)
             if outcome.kind == "rejected":
                 outcome.kind = "fatal"  # a deletion has no records to pick apart
             self._settle([item], outcome)
         return len(claimed)
+
+    # ------------------------------------------------------------------ users
+
+    def _forward_users(self) -> int:
+        """Upload the profiles of up to ``users_batch`` queued users; returns items taken."""
+        s = self.settings
+        claimed = self.store.claim("user", s.users_batch, s.max_bytes, s.lease, self.owner)
+        if not claimed:
+            return 0
+        first: dict[str, Claimed] = {}
+        extra: list[int] = []  # a user queued twice: one record per user and request
+        for item in claimed:
+            user_id = orjson.loads(item.body)["user_id"]
+            if user_id in first:
+                extra.append(item.id)
+            else:
+                first[user_id] = item
+        profiles = self.store.take_profiles(list(first))
+        sending: list[Claimed] = []
+        gone: list[int] = []
+        unmapped: list[tuple[int, str]] = []
+        for user_id, item in first.items():
+            profile = profiles.get(user_id)
+            if profile is None:
+                gone.append(item.id)  # deleted since it was queued: nothing to send
+                continue
+            record = self.users.record(user_id, profile)  # type: ignore[union-attr]
+            if record is None:
+                unmapped.append(
+                    (
+                        item.id,
+                        f"not sent: no users: table makes a record of "
+                        f"the profile of {user_id!r} (sources: {', '.join(profile)})",
+                    )
+                )
+                continue  # fmt: skip
+            item.body = orjson.dumps(record)  # what is sent (the spool keeps the user id)
+            sending.append(item)
+        self.store.ack(extra + gone)
+        if unmapped:
+            self.store.dead_letter(unmapped)
+            self._dead_lettered("user", "invalid", len(unmapped))
+        pending = [sending] if sending else []
+        while pending:
+            items = pending.pop()
+            outcome = self.client.upload_users([i.body for i in items])  # type: ignore[union-attr]
+            if outcome.kind == "ok":
+                user_ids = [orjson.loads(i.body)["user_id"] for i in items]
+                self._task_sent(outcome, "user", user_ids)
+            pending.extend(self._settle(items, outcome))
+        return len(claimed)
+
+    def _task_sent(self, outcome: Outcome, kind: str, user_ids: list[str]) -> None:
+        """Remember a Users API task, to check how it ended (:meth:`_check_tasks`).
+
+        Tasks, and what a failed one dead-letters, have the source ``users``: one upload
+        may hold the profiles of several sources."""
+        task_id = outcome.task_id
+        if task_id is None:
+            return  # no task to follow: the 200 is all Miso says
+        body = orjson.dumps({"task_id": task_id, "kind": kind, "user_ids": user_ids})
+        self.store.enqueue("user_task", [body], "users", self.settings.task_check)
+
+    def _check_tasks(self) -> int:
+        """Ask Miso how the due Users API tasks ended; returns how many were looked at."""
+        s = self.settings
+        claimed = self.store.claim("user_task", _TASKS_PER_CYCLE, s.max_bytes, s.lease, self.owner)
+        for item in claimed:
+            task = orjson.loads(item.body)
+            outcome = self.client.task_status(task["task_id"])  # type: ignore[union-attr]
+            if outcome.kind == "ok":
+                self._task_ended(item, task, outcome.data)
+            elif outcome.status == 404:
+                # Miso no longer knows the task (kept for a while only): nothing to act on.
+                log.warning("Miso does not know user task %s any more; not checked",
+                            task["task_id"], extra={"event": "user_task_unknown"})  # fmt: skip
+                self.store.ack([item.id])
+            else:
+                self._settle([item], outcome)
+        return len(claimed)
+
+    def _task_ended(self, item: Claimed, task: dict, data: Any) -> None:
+        """Act on a task's status: done, failed (dead-letter its users), or not yet.
+
+        A status Miso does not name, without errors, counts as done: the upload was
+        accepted, and only a task that says it failed or lists errors has failed."""
+        data = data if isinstance(data, dict) else {}
+        status = str(data.get("status") or data.get("state") or "").lower()
+        errors = data.get("errors")
+        lines = [str(line) for line in errors] if isinstance(errors, list) else []
+        if status in _TASK_RUNNING:
+            if time.time() - item.first_attempt_at < self.settings.max_retry_age:
+                delay = self.settings.task_check * 2 ** min(item.attempts, 6)
+                self.store.retry_later([item.id], delay, f"task {task['task_id']} {status}")
+                return
+            lines = [f"still {status} after {item.attempts} checks"]
+        elif not lines and status not in _TASK_FAILED:
+            self.store.ack([item.id])
+            return
+        self._task_failed(item, task, lines)
+
+    def _task_failed(self, item: Claimed, task: dict, lines: list[str]) -> None:
+        """Dead-letter what a failed task did not do, with Miso's words: the users its
+        errors name (all of them when they name none), as uploads or a deletion."""
+        user_ids: list[str] = task.get("user_ids", [])
+        named = {i: msg for i, msg in parse_422(orjson.dumps({"data": lines})).items()
+                 if 0 <= i < len(user_ids)}  # fmt: skip
+        words = "; ".join(lines) or "no reason given"
+        prefix = f"Miso's task {task['task_id']} failed"
+        if task.get("kind") == "delete":
+            bodies = [orjson.dumps({"user_ids": user_ids})]
+            reasons = [f"{prefix}: {words}"]
+            kind = "delete"
+        elif named:
+            bodies = [orjson.dumps({"user_id": user_ids[i]}) for i in named]
+            reasons = [f"{prefix}: {msg}" for msg in named.values()]
+            kind = "user"
+        else:
+            bodies = [orjson.dumps({"user_id": u}) for u in user_ids]
+            reasons = [f"{prefix}: {words}"] * len(bodies)
+            kind = "user"
+        ids = self.store.enqueue(kind, bodies, "users")
+        self.store.dead_letter(list(zip(ids, reasons, strict=True)))
+        self._dead_lettered(kind, "task_failed", len(ids))
+        self.store.ack([item.id])
+        log.warning(
+            "%s: %d %s dead-lettered",
+            prefix,
+            len(ids),
+            kind,
+            extra={"event": "dead_letter", "count": len(ids), "reason": "task_failed"},
+        )
 
     # ------------------------------------------------------------------ pause
 
@@ -365,6 +530,14 @@ class Forwarder:
         self.paused_until = 0.0
         self.store.set_status(MISO_STATUS, None)
         log.warning("Miso accepts the key again: sending resumed", extra={"event": "miso_resumed"})
+
+
+#: Users API tasks looked at per cycle: each is a request, and records wait behind them.
+_TASKS_PER_CYCLE = 5
+#: Seconds drain() waits for Users API tasks to end once nothing else is ready.
+_TASK_WAIT = 60.0
+_TASK_RUNNING = frozenset({"pending", "queued", "running", "processing", "started", "in_progress"})
+_TASK_FAILED = frozenset({"failed", "failure", "error", "errored"})
 
 
 def _invalid(record: dict) -> str | None:

@@ -1,4 +1,4 @@
-"""The Miso client: send a batch or a deletion, and say what Miso's answer means.
+"""The Miso client: send a batch, a deletion or user records, and say what Miso's answer means.
 
 The key travels in the ``X-API-KEY`` header, never in the URL, so it cannot end up
 in a proxy log or an exception message. Every answer is classified into an
@@ -12,7 +12,8 @@ import hashlib
 import re
 import time
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
+from urllib.parse import quote
 
 import orjson
 import requests
@@ -39,6 +40,14 @@ class Outcome:
     message: str = ""
     retry_after: float | None = None  # seconds, from Retry-After
     rejected: dict[int, str] = field(default_factory=dict)  # 422: index → Miso's line
+    data: Any = None  # a 200's parsed ``data`` (the Users API's task id and task status)
+
+    @property
+    def task_id(self) -> str | None:
+        """The Users API's ``task_id`` of an accepted upload or deletion, if it gave one."""
+        data = self.data
+        task = data.get("task_id") if isinstance(data, dict) else None
+        return task if isinstance(task, str) and task else None
 
 
 def key_id(api_key: str) -> str:
@@ -124,19 +133,37 @@ class MisoClient:
         """DELETE /v1/interactions for these users."""
         return self._call("DELETE", orjson.dumps({"user_ids": user_ids}))
 
-    def _call(self, method: str, payload: bytes) -> Outcome:
+    def upload_users(self, bodies: list[bytes]) -> Outcome:
+        """POST serialised UserRecords to /v1/users as one request (each replaces its user)."""
+        payload = b'{"data":[' + b",".join(bodies) + b"]}"
+        return self._call("POST", payload, "/v1/users")
+
+    def delete_users(self, user_ids: list[str]) -> Outcome:
+        """POST /v1/users/_delete: remove these users' records."""
+        return self._call(
+            "POST", orjson.dumps({"data": {"user_ids": user_ids}}), "/v1/users/_delete"
+        )
+
+    def task_status(self, task_id: str) -> Outcome:
+        """GET /v1/users/_status/{task_id}: how a Users API task ended (``data``)."""
+        return self._call("GET", None, f"/v1/users/_status/{quote(task_id, safe='')}")
+
+    def _call(self, method: str, payload: bytes | None, path: str = "/v1/interactions") -> Outcome:
         started = time.perf_counter()
-        outcome = self._request(method, payload)
+        outcome = self._request(method, payload, path)
         metrics.observe_miso(time.perf_counter() - started, outcome.kind)
         return outcome
 
-    def _request(self, method: str, payload: bytes) -> Outcome:
+    def _request(self, method: str, payload: bytes | None, path: str) -> Outcome:
+        headers = {"X-API-KEY": self._key}
+        if payload is not None:
+            headers["Content-Type"] = "application/json"
         try:
             response = self._session.request(
                 method,
-                f"{self.base_url}/v1/interactions",
+                f"{self.base_url}{path}",
                 data=payload,
-                headers={"Content-Type": "application/json", "X-API-KEY": self._key},
+                headers=headers,
                 timeout=self.timeout,
             )
         except requests.Timeout:
@@ -147,11 +174,20 @@ class MisoClient:
         return classify(response)
 
 
+def _data(response: requests.Response) -> Any:
+    """The ``data`` of a JSON answer (None for any other body)."""
+    try:
+        body = orjson.loads(response.content)
+    except orjson.JSONDecodeError:
+        return None
+    return body.get("data") if isinstance(body, dict) else None
+
+
 def classify(response: requests.Response) -> Outcome:
     """Turn an HTTP answer from Miso into an Outcome."""
     status = response.status_code
     if 200 <= status < 300:
-        return Outcome("ok", status)
+        return Outcome("ok", status, data=_data(response))
     if status == 422:
         return Outcome("rejected", status, _message(response), rejected=parse_422(response.content))
     if status in (401, 403):

@@ -9,7 +9,7 @@ import pytest
 
 from adapter import cli
 from adapter.forwarder import Forwarder, ForwarderSettings
-from adapter.identity import Link
+from adapter.identity import Link, ProfileChange
 from adapter.miso import MisoClient
 from adapter.store import Incoming
 from adapter.store.sqlite import SqliteStore
@@ -122,9 +122,29 @@ def test_identity_show_command(store, capsys):
     assert cli.main(["identity", "show", "a1"]) == 0
     assert capsys.readouterr().out.startswith("a1 is an anonymous id of user u1 (linked ")
     assert cli.main(["identity", "show", "nobody"]) == 0
-    assert capsys.readouterr().out == "nobody: no links known\n"
+    assert capsys.readouterr().out == "nobody: no links known\nnobody: no profile stored\n"
     assert cli.main(["identity", "show", "a2", "--json"]) == 0
     assert orjson.loads(capsys.readouterr().out)["user"]["user_id"] == "u1"
+
+
+def test_identity_show_prints_the_profile_and_its_user_record(store, capsys):
+    """`identity show ID` prints a user's merged profile and the whole record it uploads
+    as (through the table's users: section: no e-mail), and says when a profile is an
+    anonymous one waiting for its user."""
+    store.accept(
+        [Incoming("k1", profiles=[
+            ProfileChange("u1", None, {"traits": {"name": "Ada", "email": "a@x.io"}}, 1.0),
+            ProfileChange(None, "a9", {"traits": {"age": 3}}, 1.0),
+        ])],
+        DAY,
+    )  # fmt: skip
+    assert cli.main(["identity", "show", "u1"]) == 0
+    out = capsys.readouterr().out
+    assert '{"segment":{"traits":{"name":"Ada","email":"a@x.io"}}}' in out
+    assert out.endswith('uploads to Miso as:\n  {"user_id":"u1","name":"Ada"}\n')
+    assert cli.main(["identity", "show", "a9", "--json"]) == 0
+    shown = orjson.loads(capsys.readouterr().out)
+    assert shown["profile"]["anonymous"] is True and shown["user_record"] is None
 
 
 def test_deletion_during_a_send_is_never_overtaken(store):
