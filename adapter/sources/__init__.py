@@ -46,6 +46,7 @@ __all__ = [
 REGISTRY: dict[str, tuple[str, str]] = {
     "segment": ("adapter.sources.segment", "SegmentSource"),
     "mixpanel": ("adapter.sources.mixpanel", "MixpanelSource"),
+    "mixpanel-profiles": ("adapter.sources.mixpanel_profiles", "MixpanelProfilesSource"),
     "miso": ("adapter.sources.miso", "MisoSource"),
 }
 
