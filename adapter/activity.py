@@ -10,20 +10,23 @@ every process and host, for the console.
 
 A tally is ``(minute, metric, source, key) → n``:
 
-=============  ===================  =====================================================
-metric         source               key
-=============  ===================  =====================================================
-received       segment / mixpanel   "" (events read, malformed rows included)
-stored         segment / mixpanel   the Miso type of the records stored
-duplicates     segment / mixpanel   ""
-skipped        segment / mixpanel   the reason, bucketed as the metrics do
-uncovered      segment / mixpanel   JSON ``[kind, match]`` of an event no rule claimed
-malformed      segment / mixpanel   ""
-links          segment / mixpanel   "" (identity links learned)
-forwarded      ""                   record / delete (what Miso acknowledged)
-retried        ""                   record / delete
-dead_lettered  ""                   why (invalid, rejected, refused, gave_up, ...)
-=============  ===================  =====================================================
+==============  ===================  =======================================================
+metric          source               key
+==============  ===================  =======================================================
+received        segment / mixpanel   "" (events read, malformed rows included)
+stored          segment / mixpanel   the Miso type of the records stored
+duplicates      segment / mixpanel   ""
+skipped         segment / mixpanel   the reason, bucketed as the metrics do
+uncovered       segment / mixpanel   JSON ``[kind, match]`` of an event no rule claimed
+malformed       segment / mixpanel   ""
+links           segment / mixpanel   "" (identity links learned)
+profiles        segment / mixpanel   "" (profile changes stored)
+forwarded       ""                   record / delete / user (what Miso acknowledged)
+retried         ""                   record / delete / user
+dead_lettered   ""                   why (invalid, rejected, refused, gave_up, ...)
+users_uploaded  ""                   "" (user records Miso's Users API accepted)
+users_refused   ""                   why, of user uploads dead-lettered (also dead_lettered)
+==============  ===================  =======================================================
 
 Distinct uncovered names are bounded per flush (:data:`MAX_UNCOVERED`), the rest counted
 under an empty key, so hostile input (a new event name per event) cannot flood the store.
@@ -65,6 +68,8 @@ MAX_UNCOVERED = 200
 _MAX_PENDING = 20_000
 
 Key = tuple[int, str, str, str]
+#: The overview's ``profiles`` counts, by the tally they sum.
+_PROFILES = {"profiles": "changes", "users_uploaded": "uploaded", "users_refused": "refused"}
 
 
 class Activity:
@@ -113,6 +118,8 @@ class Activity:
                 add[minute, "malformed", source, ""] += malformed
             if result.links:
                 add[minute, "links", source, ""] += result.links
+            if result.profiles:
+                add[minute, "profiles", source, ""] += result.profiles
             for target, n in result.uncovered.items():
                 key = (minute, "uncovered", source, orjson.dumps(target).decode())
                 if key not in add:
@@ -230,7 +237,8 @@ def overview(store: Store, *, now: float | None = None) -> dict[str, Any]:
     ``day``; ``types``: records stored per source and Miso type; ``skipped``: per
     source and reason; ``uncovered``: per source, names no rule claimed (newest and
     most frequent first) with when they were last seen; ``delivery``: forwarded,
-    retried and dead-lettered.
+    retried and dead-lettered; ``profiles``: profile changes stored, users uploaded to
+    Miso and user uploads refused (``refused_by``: per why), per window.
     """
     now_minute = int((time.time() if now is None else now) // 60)
     hour_start = now_minute - 59
@@ -242,6 +250,8 @@ def overview(store: Store, *, now: float | None = None) -> dict[str, Any]:
     skipped: dict[tuple[str, str], Counter[str]] = {}
     uncovered: dict[tuple[str, str], dict[str, Any]] = {}
     delivery: dict[tuple[str, str], Counter[str]] = {}
+    profiles: dict[str, Counter[str]] = {name: Counter() for name in _PROFILES.values()}
+    refused_by: dict[str, Counter[str]] = {}
     for minute, metric, source, key, n in rows:
         minute = min(minute, now_minute)  # a host whose clock runs ahead: count it as now
         windows = ("hour", "day") if minute >= hour_start else ("day",)
@@ -261,6 +271,10 @@ def overview(store: Store, *, now: float | None = None) -> dict[str, Any]:
             entry["last"] = max(entry["last"], minute)
         elif metric in ("forwarded", "retried", "dead_lettered"):
             _add(delivery.setdefault((metric, key), Counter()), windows, n)
+        elif metric in _PROFILES:
+            _add(profiles[_PROFILES[metric]], windows, n)
+            if metric == "users_refused":
+                _add(refused_by.setdefault(key, Counter()), windows, n)
     return {
         "minute": now_minute,
         "series": {"start_minute": hour_start, **series},
@@ -272,6 +286,13 @@ def overview(store: Store, *, now: float | None = None) -> dict[str, Any]:
         "skipped": _table(skipped, ("source", "reason")),
         "uncovered": _uncovered(uncovered, now_minute),
         "delivery": _table(delivery, ("metric", "key")),
+        "profiles": {
+            **{name: {"hour": c["hour"], "day": c["day"]} for name, c in profiles.items()},
+            "refused_by": [
+                {"reason": why, "hour": c["hour"], "day": c["day"]}
+                for why, c in sorted(refused_by.items(), key=lambda i: (-i[1]["day"], i[0]))
+            ],
+        },
     }
 
 

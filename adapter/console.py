@@ -335,9 +335,20 @@ def overview_data() -> dict[str, Any]:
         "activity": tallies,
         "dead_letters": dead,
         "links": links,
+        "profiles": _profiles(stats, tallies["profiles"]),
         "mappings": _mappings(),
         "sync": sync,
         "kafka": kafka,
+    }
+
+
+def _profiles(stats: dict[str, Any], tallies: dict[str, Any]) -> dict[str, Any]:
+    """User profiles: how many are stored now (users; anonymous ids awaiting a link), and
+    per window the changes stored, users uploaded to Miso and uploads it refused."""
+    return {
+        "stored": stats.get("profiles", 0),
+        "anonymous": stats.get("anonymous_profiles", 0),
+        **tallies,
     }
 
 

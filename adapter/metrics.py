@@ -14,11 +14,13 @@ variable; without it (tests, ``forward`` alone, a bare ``flask run``) the counts
 this process and a scrape shows them. Metric objects are made once per process, lazily
 and outside prometheus-client's global registry, so any number of apps per process is fine.
 
-Spool depth, oldest age and dead letters are read from ``store.stats()`` at scrape time
-(a collector), never pushed: every scrape sees the store as it is, from any worker.
+Spool depth, oldest age, dead letters and stored profiles are read from ``store.stats()``
+at scrape time (a collector), never pushed: every scrape sees the store as it is, from any
+worker.
 
 Label values are bounded. ``source`` is segment or mixpanel; ``type`` is one of Miso's 29
-record types; ``outcome`` and ``kind`` are fixed sets. Skip reasons name events and paths
+record types; ``outcome`` and ``kind`` are fixed sets (a spool kind: ``record``,
+``delete``, ``user``, ``user_task``). Skip reasons name events and paths
 ("no rule for event 'X'"), so they are bucketed by kind (:func:`reason_kind`): the
 adapter's own reasons become a fixed phrase, and a mapping table's ``skip:`` reasons (a
 handful, written by the operator) are kept as written, up to :data:`MAX_REASONS`
@@ -114,15 +116,22 @@ class _Metrics:
         self.records = counter(
             "records", "Miso records durably queued, by Miso record type", ("source", "type")
         )
+        self.profile_changes = counter(
+            "profile_changes", "Profile changes stored (identify and group calls, profile rows)",
+            ("source",),
+        )  # fmt: skip
         self.forwarded = counter(
-            "forwarded", "Items Miso accepted: records, or user deletions", ("kind",)
-        )
+            "forwarded", "Items Miso accepted: record, delete (a user's deletion), user "
+            "(a user's profile upload)", ("kind",),
+        )  # fmt: skip
         self.retried = counter(
-            "retried", "Items put back for a later retry (429, 5xx, network)", ("kind",)
-        )
+            "retried", "Items put back for a later retry (429, 5xx, network), by kind "
+            "(record, delete, user)", ("kind",),
+        )  # fmt: skip
         self.dead_lettered = counter(
-            "dead_lettered", "Items moved to the dead letters, by why", ("kind", "reason")
-        )
+            "dead_lettered", "Items moved to the dead letters, by kind (record, delete, user) "
+            "and why", ("kind", "reason"),
+        )  # fmt: skip
         self.reloads = counter(
             "mapping_reloads", "Mapping tables reloaded from disk, by outcome",
             ("table", "outcome"),
@@ -143,8 +152,8 @@ class _Metrics:
         )
         self.all = (
             self.received, self.accepted, self.duplicates, self.skipped, self.records,
-            self.forwarded, self.retried, self.dead_lettered, self.reloads, self.miso_seconds,
-            self.sync_cycles, self.sync_rows,
+            self.profile_changes, self.forwarded, self.retried, self.dead_lettered,
+            self.reloads, self.miso_seconds, self.sync_cycles, self.sync_rows,
         )  # fmt: skip
         self.reasons: set[str] = set()
 
@@ -195,6 +204,7 @@ def count_ingest(source: str, result: IngestResult, *, malformed: int = 0) -> No
     m.received.labels(source).inc(result.received + malformed)
     m.accepted.labels(source).inc(result.accepted)
     m.duplicates.labels(source).inc(result.duplicates)
+    m.profile_changes.labels(source).inc(result.profiles)
     for reason, n in result.skipped.items():
         m.skipped.labels(source, reason_kind(reason)).inc(n)
     if malformed:
@@ -211,7 +221,7 @@ def _by_kind(items: list[Claimed]) -> dict[str, int]:
 
 
 def count_forwarded(items: list[Claimed]) -> None:
-    """Items Miso acknowledged."""
+    """Items Miso acknowledged, by kind (``user``: one user's profile uploaded)."""
     for kind, n in _by_kind(items).items():
         _m().forwarded.labels(kind).inc(n)
 
@@ -250,7 +260,7 @@ def count_sync(report: dict) -> None:
 
 
 class _StoreCollector:
-    """Spool and dead-letter gauges read from the store at scrape time."""
+    """Spool, dead-letter and profile gauges read from the store at scrape time."""
 
     def __init__(self, store: Store | None) -> None:
         self.store = store
@@ -278,7 +288,12 @@ class _StoreCollector:
             ("spool_depth", "spool", "Items waiting in the spool (in flight and retries included)"),
             ("spool_oldest_age_seconds", "oldest_age", "Age of the oldest item in the spool"),
             ("dead_letters", "dead_letters", "Items in the dead letters now"),
-        ):
+            ("profiles", "profiles", "Users with a stored profile (uploaded to Miso's Users API)"),
+            ("anonymous_profiles", "anonymous_profiles",
+             "Profiles kept under an anonymous id until a link names the user"),
+        ):  # fmt: skip
+            if key not in stats:  # a store that does not keep profiles
+                continue
             gauge = GaugeMetricFamily(f"miso_adapter_{name}", doc)
             gauge.add_metric([], float(stats.get(key) or 0))
             yield gauge

@@ -79,13 +79,15 @@ class FlakyStore:
 
 
 def test_ingest_maps_a_result_to_tallies(store, now):
-    """An IngestResult becomes tallies: received + malformed, stored by type, reasons bucketed."""
+    """An IngestResult becomes tallies: received + malformed, stored by type, reasons
+    bucketed, links and profile changes as counts."""
     act = Activity(store, clock=lambda: now).manual()
     result = a_result(
         received=7,
         accepted=3,
         duplicates=1,
         links=2,
+        profiles=4,
         types={"add_to_cart": 2, "product_detail_page_view": 1},
         skipped={"no rule for event 'X'": 2, "no rule for event 'Y'": 1, "identity call": 1},
         uncovered={("event", "X"): 2, ("event", "Y"): 1, ("page", "/p"): 1},
@@ -102,6 +104,7 @@ def test_ingest_maps_a_result_to_tallies(store, now):
         (m, "skipped", "segment", "identity call"): 1,
         (m, "malformed", "segment", ""): 2,
         (m, "links", "segment", ""): 2,
+        (m, "profiles", "segment", ""): 4,
         (m, "uncovered", "segment", '["event","X"]'): 2,
         (m, "uncovered", "segment", '["event","Y"]'): 1,
         (m, "uncovered", "segment", '["page","/p"]'): 1,
@@ -360,12 +363,53 @@ def test_tables_sum_per_key(store, now):
     ]
 
 
+def test_profiles_sum_changes_uploads_and_refusals(store, now):
+    """Profile changes (per source and in all), users uploaded and users refused (by why)
+    sum per window; user tallies leave the delivery table and the series as they were."""
+    m = int(now // 60)
+    store.add_activity([
+        (m, "profiles", "segment", "", 5),
+        (m - 90, "profiles", "segment", "", 2),
+        (m - 1, "profiles", "mixpanel", "", 3),
+        (m, "users_uploaded", "", "", 6),
+        (m - 200, "users_uploaded", "", "", 4),
+        (m, "users_refused", "", "rejected", 1),
+        (m - 300, "users_refused", "", "rejected", 2),
+        (m - 2, "users_refused", "", "gave_up", 1),
+        (m, "forwarded", "", "user", 7),
+        (m, "dead_lettered", "", "rejected", 1),
+        (m - 1500, "users_uploaded", "", "", 100),  # older than a day: nowhere
+    ])  # fmt: skip
+    data = overview(store, now=now)
+    assert data["profiles"] == {
+        "changes": {"hour": 8, "day": 10},
+        "uploaded": {"hour": 6, "day": 10},
+        "refused": {"hour": 2, "day": 4},
+        "refused_by": [
+            {"reason": "rejected", "hour": 1, "day": 3},
+            {"reason": "gave_up", "hour": 1, "day": 1},
+        ],
+    }
+    assert data["sources"] == {
+        "mixpanel": {"hour": {"profiles": 3}, "day": {"profiles": 3}},
+        "segment": {"hour": {"profiles": 5}, "day": {"profiles": 7}},
+    }
+    assert data["delivery"] == [
+        {"metric": "forwarded", "key": "user", "hour": 7, "day": 7},
+        {"metric": "dead_lettered", "key": "rejected", "hour": 1, "day": 1},
+    ]
+    assert sum(data["series"]["forwarded"]) == 7
+
+
 def test_an_empty_store_reads_as_nothing(store, now):
     """No tallies: a flat series and empty tables, not an error."""
     data = overview(store, now=now)
     assert data["series"]["received"] == [0] * 60
     assert (data["sources"], data["types"], data["skipped"], data["uncovered"],
             data["delivery"]) == ({}, [], [], [], [])  # fmt: skip
+    nothing = {"hour": 0, "day": 0}
+    assert data["profiles"] == {"changes": nothing, "uploaded": nothing, "refused": nothing,
+                                "refused_by": []}  # fmt: skip
 
 
 def test_uncovered_groups_spellings_of_one_name(store, now):
@@ -484,6 +528,27 @@ def test_ingest_counts_an_unmapped_page_path_as_uncovered(store, segment_transla
     result = segment_ingest(store, segment_translator, [(None, page), (None, home)])
     assert result.uncovered == {("page", "/pricing"): 1}
     assert result.types == {"home_page_view": 1}
+
+
+def test_profile_changes_are_tallied_once(store, segment_translator, now):
+    """Identify traits and group calls are tallied as profile changes of their source; a
+    redelivery, or an identify without traits, adds none."""
+    act = Activity(store, clock=lambda: now).manual()
+    events = [
+        ("segment:i1", {"type": "identify", "userId": "u1", "messageId": "i1",
+                        "traits": {"name": "Ann"}}),
+        ("segment:g1", {"type": "group", "userId": "u1", "groupId": "g1", "messageId": "g1"}),
+        ("segment:i2", {"type": "identify", "userId": "u2", "anonymousId": "a2",
+                        "messageId": "i2"}),
+    ]  # fmt: skip
+    result = segment_ingest(store, segment_translator, events)
+    assert (result.profiles, result.links) == (2, 1)
+    act.ingest("segment", result)
+    act.ingest("segment", segment_ingest(store, segment_translator, events[:1]))
+    act.flush()
+    m = int(now // 60)
+    assert tallies(store)[m, "profiles", "segment", ""] == 2
+    assert overview(store, now=now)["profiles"]["changes"] == {"hour": 2, "day": 2}
 
 
 def test_unmatched_custom_stores_and_counts_uncovered(store):

@@ -474,7 +474,7 @@ class TestOverview:
         api = client.get("/console/api/overview", headers=BEARER).json["activity"]["sources"]
         rows = source_rows(client.get("/console", headers=BEARER).get_data(as_text=True))
         metrics = ["received", "stored", "duplicates", "skipped", "uncovered", "malformed",
-                   "links"]  # fmt: skip
+                   "links", "profiles"]  # fmt: skip
         assert set(rows) == {(s, w) for s in ("segment", "mixpanel") for w in ("hour", "day")}
         for (source, window), cells in rows.items():
             assert cells == {m: api[source][window].get(m, 0) for m in metrics}
@@ -504,6 +504,82 @@ class TestOverview:
         assert "  - events: [Coupon Applied]\n    type: custom" in html
         assert "also coupon_applied" in html
         assert "  - pages: [&#39;^/pricing$&#39;]" in html
+
+
+class TestProfiles:
+    MESSAGES: ClassVar[list] = [
+        {"type": "identify", "userId": "u1", "messageId": "i-1", "traits": {"name": "Ann"}},
+        {"type": "group", "userId": "u1", "groupId": "g1", "messageId": "g-1"},
+        {"type": "identify", "userId": "u2", "messageId": "i-2", "traits": {"plan": "pro"}},
+        {"type": "identify", "anonymousId": "a9", "messageId": "i-3", "traits": {"age": 30}},
+    ]
+
+    @pytest.fixture
+    def profiles(self, app, client):
+        """Four profile changes (three users', one anonymous), and what the forwarder
+        notes: two users uploaded, one refused."""
+        post_segment(client, self.MESSAGES)
+        post_segment(client, self.MESSAGES[0])  # a redelivery: no change
+        noted = app.extensions["miso-adapter.activity"]
+        noted.delivery("users_uploaded", "", 2)
+        noted.delivery("users_refused", "rejected", 1)
+        noted.delivery("dead_lettered", "rejected", 1)
+        flush(app)
+        return app
+
+    def test_the_api_counts_stored_changes_uploads_and_refusals(self, profiles, client):
+        """The overview's profiles: stored now (users, anonymous), and per window the
+        changes stored, users uploaded and refused (by why); changes per source too."""
+        data = client.get("/console/api/overview", headers=BEARER).json
+        assert data["profiles"] == {
+            "stored": 2,
+            "anonymous": 1,
+            "changes": {"hour": 4, "day": 4},
+            "uploaded": {"hour": 2, "day": 2},
+            "refused": {"hour": 1, "day": 1},
+            "refused_by": [{"reason": "rejected", "hour": 1, "day": 1}],
+        }
+        assert data["activity"]["sources"]["segment"]["day"]["profiles"] == 4
+        assert data["activity"]["delivery"] == [
+            {"metric": "dead_lettered", "key": "rejected", "hour": 1, "day": 1}
+        ]
+
+    def test_the_page_shows_the_same_numbers(self, profiles, client):
+        """The #profiles card shows the stored counts, each window's counts and why
+        uploads were refused; the #sources table has the changes per source."""
+        html = client.get("/console", headers=BEARER).get_data(as_text=True)
+        card = re.search(r'<section class="card" id="profiles">.*?</section>', html, re.S)
+        assert card, "no profiles card"
+        text = card.group(0)
+        assert '<dd data-count="profiles">2</dd>' in text
+        assert '<dd data-count="anonymous_profiles">1</dd>' in text
+        cells = dict(re.findall(
+            r'<tr data-profiles="(\w+)">.*?data-count="day">([\d,]+)</td></tr>', text, re.S
+        ))  # fmt: skip
+        assert cells == {"changes": "4", "uploaded": "2", "refused": "1"}
+        assert '<span class="pill">rejected: 1 / 1</span>' in text
+        assert source_rows(html)["segment", "day"]["profiles"] == 4
+
+    def test_an_empty_store_shows_zeros(self, client):
+        """With no profile yet the card shows zeros and no refusals line."""
+        data = client.get("/console/api/overview", headers=BEARER).json["profiles"]
+        assert (data["stored"], data["anonymous"], data["changes"], data["refused_by"]) == (
+            0, 0, {"hour": 0, "day": 0}, [])  # fmt: skip
+        html = client.get("/console", headers=BEARER).get_data(as_text=True)
+        assert '<dd data-count="profiles">0</dd>' in html
+        assert "Refused, by why" not in html
+
+    def test_an_import_counts_profile_changes(self, app, client):
+        """An imported file's profile changes are in its answer, its summary and the
+        overview (an import flushes its tallies)."""
+        response = client.post("/console/import?source=segment", data=jsonl(self.MESSAGES),
+                               content_type="application/x-ndjson", headers=BEARER)  # fmt: skip
+        assert response.status_code == 200, response.data
+        assert (response.json["profiles"], response.json["accepted"]) == (4, 0)
+        page = client.get("/console/import", headers=BEARER).get_data(as_text=True)
+        assert 'id="summary-profiles"' in page
+        data = client.get("/console/api/overview", headers=BEARER).json["profiles"]
+        assert (data["stored"], data["anonymous"], data["changes"]["hour"]) == (2, 1, 4)
 
 
 # --------------------------------------------------------------------------- dead letters
@@ -615,7 +691,7 @@ class TestImport:
          ("source=segment", b"[1, 2]", "no Segment messages in the body"),
          ("source=mixpanel", b"nope\n", "no readable Mixpanel rows: "),
          ("source=shopify", jsonl([VIEW]),
-          "unknown source 'shopify': use segment, mixpanel, miso")],
+          "unknown source 'shopify': use segment, mixpanel, mixpanel-profiles, miso")],
         ids=["empty", "blank", "all-malformed", "not-messages", "mixpanel-malformed",
              "unknown-source"],
     )  # fmt: skip

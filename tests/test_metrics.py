@@ -161,6 +161,72 @@ def test_mixpanel_upload_counts_rows_and_malformed_lines(client):
                  type="product_detail_page_view") == 1  # fmt: skip
 
 
+def identify(message_id: str, traits: dict | None = None, **ids: str) -> dict:
+    ids = ids or {"userId": "u1"}
+    return {"type": "identify", "messageId": message_id, **ids,
+            **({"traits": traits} if traits is not None else {})}  # fmt: skip
+
+
+def test_profile_changes_and_stored_profiles_are_counted(client):
+    """Profile changes stored count per source (a redelivery or an identify without
+    traits adds none); the profile gauges are the store's users and anonymous profiles."""
+    post = [
+        identify("i-1", {"name": "Ann", "plan": "pro"}),
+        {"type": "group", "userId": "u1", "groupId": "g1", "messageId": "g-1"},
+        identify("i-2", {"name": "Bo"}, userId="u2"),
+        identify("i-3", {"plan": "free"}, anonymousId="a9"),
+        identify("i-4", userId="u3", anonymousId="a3"),  # a link, no profile change
+    ]
+    assert client.post("/segment", json=post).status_code == 200
+    assert client.post("/segment", json=identify("i-1", {"name": "Ann"})).json["duplicates"] == 1
+    s = scrape(client)
+    assert value(s, "miso_adapter_profile_changes_total", source="segment") == 4
+    assert value(s, "miso_adapter_profile_changes_total", source="mixpanel") == 0
+    assert value(s, "miso_adapter_profiles") == 2  # u1, u2
+    assert value(s, "miso_adapter_anonymous_profiles") == 1  # a9, until a link names its user
+    link = identify("i-5", userId="u9", anonymousId="a9")
+    assert client.post("/segment", json=link).status_code == 200
+    s = scrape(client)
+    assert value(s, "miso_adapter_profiles") == 3
+    assert value(s, "miso_adapter_anonymous_profiles") == 0
+
+
+def test_profile_gauges_are_left_out_when_the_store_has_no_profile_counts(app, client, monkeypatch):
+    """A store whose stats hold no profile counts gets no profile gauges, not a false 0."""
+    store = app.extensions["miso-adapter.store"]
+    stats = store.stats
+    monkeypatch.setattr(store, "stats", lambda: {k: v for k, v in stats().items()
+                                                 if "profiles" not in k})  # fmt: skip
+    s = scrape(client)
+    assert value(s, "miso_adapter_spool_depth") == 0 and value(s, "miso_adapter_store_up") == 1
+    assert not any(name in ("miso_adapter_profiles", "miso_adapter_anonymous_profiles")
+                   for name, _ in s)  # fmt: skip
+
+
+def test_user_uploads_count_under_kind_user(app, client):
+    """User uploads the forwarder reports count as forwarded, retried and dead-lettered
+    under kind=user, apart from records; the help texts say so."""
+    store = app.extensions["miso-adapter.store"]
+    for n in range(3):
+        traits = identify(f"i-{n}", {"name": f"N{n}"}, userId=f"u{n}")
+        assert client.post("/segment", json=traits).status_code == 200
+    users = store.claim("user", 10, 1 << 20, 30, "test")
+    assert [u.kind for u in users] == ["user"] * 3
+    metrics.count_forwarded(users[:2])
+    metrics.count_retried(users[2:])
+    metrics.count_dead_lettered("user", "rejected", 1)
+    response = client.get("/metrics", headers=AUTH)
+    text = response.get_data(as_text=True)
+    s = parse(text)
+    assert value(s, "miso_adapter_forwarded_total", kind="user") == 2
+    assert value(s, "miso_adapter_forwarded_total", kind="record") == 0
+    assert value(s, "miso_adapter_retried_total", kind="user") == 1
+    assert value(s, "miso_adapter_dead_lettered_total", kind="user", reason="rejected") == 1
+    docs = {f.name: f.documentation for f in text_string_to_metric_families(text)}
+    for name in ("miso_adapter_forwarded", "miso_adapter_retried", "miso_adapter_dead_lettered"):
+        assert "user" in docs[name], docs[name]
+
+
 def test_skip_reasons_are_bounded():
     """The adapter's reasons are bucketed; a mapping's own reasons are kept up to a cap."""
     assert metrics.reason_kind("no rule for event 'Anything'") == "no rule for event"

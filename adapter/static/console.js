@@ -223,6 +223,7 @@ function showSummary(name, answer) {
   setText("summary-skipped", number(skipped.reduce((sum, [, n]) => sum + n, 0)));
   setText("summary-malformed", number(answer.malformed));
   setText("summary-links", number(answer.links));
+  setText("summary-profiles", number(answer.profiles || 0));
   fillTable("summary-types", Object.entries(answer.types || {}), "no records");
   fillTable("summary-reasons", skipped, "nothing skipped");
   const errors = answer.errors || [];
