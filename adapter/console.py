@@ -33,7 +33,7 @@ from itsdangerous import BadSignature, URLSafeTimedSerializer
 from adapter import activity, reload, web
 from adapter.forwarder import MISO_STATUS
 from adapter.http import ApiError, http_error, token_required
-from adapter.sources import REGISTRY
+from adapter.sources import REGISTRY, source_class
 from adapter.store import StoreError
 from adapter.store import current as _store
 from adapter.uploads import upload
@@ -421,7 +421,10 @@ def import_page():
     """Upload a Mixpanel export or a Segment JSON Lines file, with a progress bar."""
     session = _authorize(page=True)
     limit = current_app.config["MIXPANEL_MAX_BODY"]
-    return _page("import.html", session, limit_mb=limit / 1024 / 1024, limit_bytes=limit)
+    # Every registered source can be imported: the form lists them from the registry.
+    sources = [(name, source_class(name).describes) for name in REGISTRY]
+    return _page("import.html", session, limit_mb=limit / 1024 / 1024, limit_bytes=limit,
+                 sources=sources)  # fmt: skip
 
 
 # --------------------------------------------------------------------------- API

@@ -391,16 +391,10 @@ class Forwarder:
             if profile is None:
                 gone.append(item.id)  # deleted since it was queued: nothing to send
                 continue
-            record = self.users.record(user_id, profile)  # type: ignore[union-attr]
+            record = self.users.record(user_id, profile)
             if record is None:
-                unmapped.append(
-                    (
-                        item.id,
-                        f"not sent: no users: table makes a record of "
-                        f"the profile of {user_id!r} (sources: {', '.join(profile)})",
-                    )
-                )
-                continue  # fmt: skip
+                unmapped.append((item.id, self._unmapped(user_id, profile)))
+                continue
             item.body = orjson.dumps(record)  # what is sent (the spool keeps the user id)
             sending.append(item)
         self.store.ack(extra + gone)
@@ -416,6 +410,15 @@ class Forwarder:
                 self._task_sent(outcome, "user", user_ids)
             pending.extend(self._settle(items, outcome))
         return len(claimed)
+
+    def _unmapped(self, user_id: str, profile: dict) -> str:
+        """Why a stored profile makes no user record (a dead letter's reason)."""
+        tables = [t for t in sorted(profile) if self.users(t) is not None]
+        if not tables:
+            return (f"not sent: no table has a users: section for this profile "
+                    f"({', '.join(sorted(profile))}.yaml in {self.users.folder})")  # fmt: skip
+        return (f"not sent: the users: section of {', '.join(tables)} finds no user id Miso "
+                f"takes for {user_id!r} (1 to 512 characters, not starting with '_')")  # fmt: skip
 
     def _task_sent(self, outcome: Outcome, kind: str, user_ids: list[str]) -> None:
         """Remember a Users API task, to check how it ended (:meth:`_check_tasks`).

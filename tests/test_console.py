@@ -20,6 +20,7 @@ import yaml
 from itsdangerous.timed import TimestampSigner
 
 from adapter import console, create_app
+from adapter.sources import REGISTRY
 from adapter.store import Incoming
 
 redis_client = test_store.redis_client  # the test Redis (skips, saying why, without one)
@@ -643,6 +644,14 @@ class TestDeadLetters:
 
 
 class TestImport:
+    def test_the_form_offers_every_registered_source(self, signed_in):
+        """The import form lists each source of the registry, Mixpanel people profiles too."""
+        client, _ = signed_in
+        page = client.get("/console/import").get_data(as_text=True)
+        offered = re.findall(r'name="source" value="([^"]+)"', page)
+        assert offered == list(REGISTRY)
+        assert "Mixpanel people profiles" in page
+
     def test_gzip_without_content_encoding_is_recognised(self, app, signed_in):
         """A .gz export without Content-Encoding is sniffed, stored and answered."""
         client, csrf = signed_in

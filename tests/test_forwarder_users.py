@@ -233,3 +233,25 @@ def test_a_table_edit_reaches_the_next_upload(store, miso, tmp_path):  # noqa: F
     send(store, identify("u1", age=3))
     run(fwd, lambda: settled(store) and miso.users["u1"].get("age") == 3)
     assert miso.users["u1"]["custom_attributes"] == {"favourite": "tea"}
+
+
+def test_a_profile_no_table_maps_is_dead_lettered_saying_why(store, miso, tmp_path):  # noqa: F811
+    """A profile whose table has no users: section, or whose id Miso refuses ('_x'), is
+    not sent: it is dead-lettered with the reason, and the others are uploaded."""
+    folder = tmp_path / "mappings"
+    folder.mkdir()
+    text = (default_mappings_dir() / "segment.yaml").read_text()
+    (folder / "segment.yaml").write_text(text)
+    send(store, identify("_hidden", name="X"), identify("ok", name="Ok"))
+    fwd = forwarder(store, miso, folder=folder)
+    run(fwd, lambda: settled(store))
+    assert list(miso.users) == ["ok"]
+    (dead,) = store.dead_letters()
+    assert dead.reason.startswith("not sent: the users: section of segment finds no user id")
+    start, end = text.index("\nusers:\n"), text.index("\nrules:\n")
+    (folder / "segment.yaml").write_text(text[:start] + text[end:])
+    send(store, identify("ok", age=3))
+    run(fwd, lambda: settled(store))
+    assert "no table has a users: section for this profile (segment.yaml in" in (
+        store.dead_letters()[1].reason
+    )
