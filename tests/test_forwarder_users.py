@@ -28,6 +28,12 @@ FAST = ForwarderSettings(
 SEGMENT = load_mapping(default_mappings_dir() / "segment.yaml")
 
 
+@pytest.fixture(autouse=True)
+def _uploads_ready_at_once(store):  # noqa: F811
+    """Uploads are ready as soon as they are queued (the store's wait is tested apart)."""
+    store.upload_delay = 0.0
+
+
 @pytest.fixture
 def miso():
     with FakeMiso(api_key="good-key") as fake:

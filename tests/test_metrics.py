@@ -207,6 +207,7 @@ def test_user_uploads_count_under_kind_user(app, client):
     """User uploads the forwarder reports count as forwarded, retried and dead-lettered
     under kind=user, apart from records; the help texts say so."""
     store = app.extensions["miso-adapter.store"]
+    store.upload_delay = 0.0  # the uploads are ready at once, to be claimed here
     for n in range(3):
         traits = identify(f"i-{n}", {"name": f"N{n}"}, userId=f"u{n}")
         assert client.post("/segment", json=traits).status_code == 200

@@ -18,6 +18,12 @@ from tests.test_store import redis_client, store  # noqa: F401 - fixtures
 DAY = 86400.0
 
 
+@pytest.fixture(autouse=True)
+def _uploads_ready_at_once(store):  # noqa: F811
+    """Queued uploads are ready at once here; their wait has a test of its own."""
+    store.upload_delay = 0.0
+
+
 def change(user=None, anonymous=None, at=None, table="segment", **parts) -> ProfileChange:
     return ProfileChange(user, anonymous, parts, time.time() if at is None else at, table)
 
@@ -190,3 +196,17 @@ def test_user_items_retry_dead_letter_and_requeue_like_records(store, kind):  # 
     assert back.body == b'{"user_id":"u1"}'
     store.ack([back.id])
     assert store.stats()["spool"] == 0
+
+
+def test_an_upload_waits_so_changes_that_follow_share_it(store):  # noqa: F811
+    """A queued upload is ready only after the store's upload delay: an identify and the
+    group call that follows it within the delay go out as one upload."""
+    store.upload_delay = 0.3
+    accept(store, Incoming("k1", profiles=[change("u1", traits={"name": "Ada"})]))
+    accept(store, Incoming("k2", profiles=[change("u1", group={"groupId": "g1"})]))
+    assert queued_users(store)[0] == []
+    time.sleep(0.35)
+    assert queued_users(store)[0] == ["u1"]
+    assert store.take_profiles(["u1"]) == {
+        "u1": {"segment": {"traits": {"name": "Ada"}, "group": {"groupId": "g1"}}}
+    }

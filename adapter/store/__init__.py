@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ACTIVITY_KEEP_MINUTES",
     "KINDS",
+    "UPLOAD_DELAY",
     "Claimed",
     "DeadLetter",
     "Incoming",
@@ -47,6 +48,10 @@ __all__ = [
 #: user uploads (``{"user_id": U}``: upload U's merged profile as it is when sent); and
 #: Miso user tasks to check (``{"task_id": T, "user_ids": [...]}``).
 KINDS = ("record", "delete", "user", "user_task")
+
+#: Seconds a user's queued upload waits before a forwarder may take it, so the changes
+#: that follow within it (an identify, then a group call) go out in one upload.
+UPLOAD_DELAY = 1.0
 
 #: Minutes per-minute activity tallies are kept (a day and an hour); older ones are dropped.
 ACTIVITY_KEEP_MINUTES = 25 * 60
@@ -117,8 +122,9 @@ class Store(Protocol):
         its profile changes are merged (:func:`adapter.identity.merge_profile`) into
         the profile of the change's user, else of its anonymous id's linked user, else
         of the anonymous id itself; a change no older than a deletion of its user is
-        ignored. A user whose profile changed gets one queued ``user`` upload (none
-        when one waits already; anonymous profiles never). Then its deletions drop the
+        ignored. A user whose profile changed gets one queued ``user`` upload, ready
+        ``upload_delay`` seconds later (none when one waits already; anonymous profiles
+        never). Then its deletions drop the
         users' queued items, dead letters, links and profiles, and remember the
         deletion time.
         """

@@ -94,7 +94,15 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from adapter.identity import ProfileChange
-from adapter.store import ACTIVITY_KEEP_MINUTES, KINDS, Claimed, DeadLetter, Incoming, StoreError
+from adapter.store import (
+    ACTIVITY_KEEP_MINUTES,
+    KINDS,
+    UPLOAD_DELAY,
+    Claimed,
+    DeadLetter,
+    Incoming,
+    StoreError,
+)
 
 __all__ = ["DEFAULT_PREFIX", "GROUP", "RedisStore"]
 
@@ -244,16 +252,18 @@ end
 _LUA_KINDS = "local KINDS = {" + ", ".join(f"'{kind}'" for kind in KINDS) + "}\n"
 
 # ARGV: prefix, dedup window (ms, 0 = none), status name ('' = none), status JSON ('' =
-# clear), then the pre-scan of a batch with deletions (see RedisStore._prescan), '-' for
-# none, else: record stream mark, upload stream mark, dead-letter mark, u, u user ids, a,
-# a anonymous ids, r, r record candidates, v, v upload candidates, d, d dead-letter
-# candidates. Then per item: '-' or '+<dedup key>', source, n, n records, m, m
-# (anonymous, user) pairs, d, d user ids [, the deletion notice's body when d > 0], p,
-# p profile changes: '-' or '+<user id>', '-' or '+<anonymous id>', at (µs), f, f
-# (field, JSON value) pairs of the profile hash, '' for a value that removes its field.
+# clear), a user upload's wait (µs), then the pre-scan of a batch with deletions (see
+# RedisStore._prescan), '-' for none, else: record stream mark, upload stream mark,
+# dead-letter mark, u, u user ids, a, a anonymous ids, r, r record candidates, v, v upload
+# candidates, d, d dead-letter candidates. Then per item: '-' or '+<dedup key>', source,
+# n, n records, m, m (anonymous, user) pairs, d, d user ids [, the deletion notice's body
+# when d > 0], p, p profile changes: '-' or '+<user id>', '-' or '+<anonymous id>', at
+# (µs), f, f (field, JSON value) pairs of the profile hash, '' for a value that removes
+# its field.
 _ACCEPT = r"""
 local ttl = tonumber(ARGV[2])
-local i = 5
+local upload_delay = tonumber(ARGV[5])
+local i = 6
 local function list()
   local n, out = tonumber(ARGV[i]), {}
   for j = 1, n do out[j] = ARGV[i + j] end
@@ -352,7 +362,7 @@ local function touched(id, anonymous, source)
   redis.call('SREM', ANONYMOUS, id)
   if redis.call('SADD', QUEUED, id) == 1 then
     redis.call('XADD', stream('user'), '0-' .. n2s(next_ids(1)), 'b', upload_body(id),
-               's', source, 'c', created)
+               's', source, 'c', created, 'q', n2s(now + upload_delay))
   end
 end
 local function drop_profile(id)
@@ -942,6 +952,8 @@ class RedisStore:
             raise StoreError("the Redis store's key prefix must not be empty")
         self.host, self.port, self.db, self.prefix, self.tls = host, port, db, prefix, tls
         self._password = password
+        #: Seconds a queued user upload waits (store.UPLOAD_DELAY); tests set 0.
+        self.upload_delay = UPLOAD_DELAY
         # One retry, at once, on a connection error only (a pooled connection Redis had
         # closed); never on a timeout, when the command may still run.
         self._client = redis.Redis(
@@ -1083,6 +1095,7 @@ class RedisStore:
             max(0, math.ceil(dedup_ttl * 1000)),
             name,
             orjson.dumps(value) if status is not None and value is not None else b"",
+            max(0, round(self.upload_delay * 1_000_000)),
         ]
         deleted = {user for item in batch for user in item.deletions}
         args.extend(self._prescan(batch, deleted) if deleted else ["-"])

@@ -25,7 +25,14 @@ from urllib.parse import parse_qs, urlsplit
 import orjson
 
 from adapter.identity import ProfileChange, merge_profile
-from adapter.store import ACTIVITY_KEEP_MINUTES, Claimed, DeadLetter, Incoming, StoreError
+from adapter.store import (
+    ACTIVITY_KEEP_MINUTES,
+    UPLOAD_DELAY,
+    Claimed,
+    DeadLetter,
+    Incoming,
+    StoreError,
+)
 
 __all__ = ["SqliteStore"]
 
@@ -144,6 +151,8 @@ class SqliteStore:
     ):
         self.path = Path(path)
         self.readonly = readonly
+        #: Seconds a queued user upload waits (store.UPLOAD_DELAY); tests set 0.
+        self.upload_delay = UPLOAD_DELAY
         if synchronous.lower() not in _SYNCHRONOUS:
             raise StoreError(f"synchronous must be one of {', '.join(_SYNCHRONOUS)}")
         self._synchronous = _SYNCHRONOUS[synchronous.lower()]
@@ -354,6 +363,10 @@ class SqliteStore:
         fresh = self._fresh_keys(db, keys, job.dedup_ttl, now)
         duplicates: list[bool] = []
         rows: list[tuple] = []
+        # Links are written a batch at a time (most events carry both ids: a statement per
+        # event was a fifth of a replay's store time), and before any profile change or
+        # deletion that follows them, which must see them.
+        links: list[tuple[str, str, str]] = []
         for item in job.batch:
             if item.dedup_key is not None:
                 if item.dedup_key not in fresh:
@@ -363,15 +376,10 @@ class SqliteStore:
             duplicates.append(False)
             for body in item.records:
                 rows.append(("record", body, len(body), item.source, now, now))
-            if item.links:
-                db.executemany(
-                    "INSERT INTO links (anonymous_id, user_id, linked_at) VALUES (?, ?, ?) "
-                    "ON CONFLICT (anonymous_id) DO UPDATE SET user_id = excluded.user_id, "
-                    "linked_at = excluded.linked_at",
-                    [(link.anonymous_id, link.user_id, now) for link in item.links],
-                )
-                for link in item.links:
-                    self._join_profile(db, link.anonymous_id, link.user_id, item.source, now)
+            links.extend((x.anonymous_id, x.user_id, item.source) for x in item.links)
+            if item.profiles or item.deletions:
+                self._link(db, links, now)
+                links = []
             for change in item.profiles:
                 self._change_profile(db, change, item.source, now)
             if item.deletions:
@@ -382,10 +390,35 @@ class SqliteStore:
                     self._forget(db, user_id)
                 body = orjson.dumps({"user_ids": item.deletions})
                 rows.append(("delete", body, len(body), item.source, now, now))
+        self._link(db, links, now)
         self._insert_spool(db, rows)
         if job.status is not None:
             self._put_status(db, *job.status)
         return duplicates
+
+    def _link(self, db: sqlite3.Connection, links: list[tuple[str, str, str]], now: float) -> None:
+        """Store ``(anonymous id, user id, source)`` links, in order (the latest wins), and
+        join each newly linked anonymous profile into its user's."""
+        if not links:
+            return
+        db.executemany(
+            "INSERT INTO links (anonymous_id, user_id, linked_at) VALUES (?, ?, ?) "
+            "ON CONFLICT (anonymous_id) DO UPDATE SET user_id = excluded.user_id, "
+            "linked_at = excluded.linked_at",
+            [(anonymous, user, now) for anonymous, user, _ in links],
+        )
+        # One look for the batch: anonymous profiles are rare, links are not.
+        waiting = {
+            profile_id
+            for (profile_id,) in db.execute(
+                "SELECT id FROM profiles WHERE anonymous = 1 AND id IN "
+                "(SELECT value FROM json_each(?))",
+                (orjson.dumps([anonymous for anonymous, _, _ in links]),),
+            )
+        }
+        for anonymous, user, source in links:
+            if anonymous in waiting:
+                self._join_profile(db, anonymous, user, source, now)
 
     # ------------------------------------------------------------------ profiles
 
@@ -414,7 +447,8 @@ class SqliteStore:
         )
         if enqueue:
             body = orjson.dumps({"user_id": user_id})
-            self._insert_spool(db, [("user", body, len(body), source, now, now)])
+            ready = now + self.upload_delay
+            self._insert_spool(db, [("user", body, len(body), source, now, ready)])
 
     def _change_profile(
         self, db: sqlite3.Connection, change: ProfileChange, source: str, now: float
