@@ -554,6 +554,39 @@ def test_sigterm_commits_what_is_stored_and_a_restart_reads_nothing_again(cli, m
     assert_exactly_once(miso.records, expected, segment_archive.record_key)
 
 
+def test_identify_and_group_messages_become_one_whole_user_record(cli, miso, kafka):
+    """Segment identify and group calls on a topic change the users' profiles: Miso gets
+    each user's whole merged record (no e-mail), and the anonymous traits of one join
+    their user on the identify that links them."""
+    topic, group = "identities", "miso-identities"
+    kafka.create_topic(topic, partitions=2)
+    stamp = "2024-05-01T10:00:00.000Z"
+    messages = [
+        {"type": "identify", "messageId": "i-1", "userId": "k-u1", "timestamp": stamp,
+         "traits": {"name": "Ada", "email": "ada@example.com", "address": {"city": "Oslo"}}},
+        {"type": "group", "messageId": "g-1", "userId": "k-u1", "groupId": "acct-9",
+         "timestamp": stamp},
+        {"type": "identify", "messageId": "i-2", "anonymousId": "k-a2", "timestamp": stamp,
+         "traits": {"name": "Grace"}},
+        {"type": "identify", "messageId": "i-3", "userId": "k-u2", "anonymousId": "k-a2",
+         "timestamp": stamp, "traits": {"age": 85}},
+        {"type": "identify", "messageId": "i-4", "userId": "k-u1", "timestamp": stamp,
+         "traits": {"age": 36}},
+    ]  # fmt: skip
+    kafka.produce(topic, messages, key=lambda m: m.get("userId") or m.get("anonymousId"))
+    member = cli.start([topic], group, "segment", name="identities")
+    wait_until(
+        lambda: miso.users.get("k-u1", {}).get("age") == 36 and "k-u2" in miso.users,
+        60, "both users uploaded", cli.tails,
+    )  # fmt: skip
+    assert member.terminate() == 0, member.tail()
+    assert miso.users["k-u1"] == {
+        "user_id": "k-u1", "name": "Ada", "city": "Oslo", "group_id": "acct-9", "age": 36,
+    }  # fmt: skip
+    assert miso.users["k-u2"] == {"user_id": "k-u2", "name": "Grace", "age": 85}
+    assert "ada@example.com" not in str(miso.user_uploads)
+
+
 def test_unreachable_brokers_exit_1_within_a_minute_naming_them(unreachable):
     """Brokers that cannot be reached: exit 1 within a minute, the servers named on stderr."""
     unreachable.watcher.join(timeout=max(1.0, 62 - (time.monotonic() - unreachable.started)))
