@@ -113,7 +113,7 @@ def _mappings_args(parser: argparse.ArgumentParser) -> None:
         help="check: validate every *.yaml; test: run DIR/tests/*.yaml; "
         "coverage SOURCE FILE: which events of a file the table maps",
     )
-    parser.add_argument("source", nargs="?", choices=MAPPED, help="coverage: segment|mixpanel")
+    parser.add_argument("source", nargs="?", choices=MAPPED, help="coverage: " + "|".join(MAPPED))
     parser.add_argument("file", nargs="?", type=Path, help="coverage: the events file")
     parser.add_argument("--dir", metavar="DIR", help="mapping folder (default: MAPPINGS_DIR)")
     parser.add_argument("--format", choices=["text", "json"], default="text",
@@ -875,7 +875,7 @@ _COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Calla
     ),
     "forward": ("run the forwarder alone [--until-empty]", _forward_args, _forward),
     "replay": (
-        "replay files into Miso: replay segment|mixpanel|mixpanel-profiles|miso PATH... [options]",
+        f"replay files into Miso: replay {'|'.join(REGISTRY)} PATH... [options]",
         _replay_args,
         _replay,
     ),

@@ -99,7 +99,7 @@ def sent_records(miso: FakeMiso, status: int) -> list[dict]:
     return [
         record
         for entry in miso.requests
-        if entry.method == "POST" and entry.status == status
+        if entry.method == "POST" and entry.path == "/v1/interactions" and entry.status == status
         for record in orjson.loads(entry.body)["data"]
     ]
 
