@@ -35,6 +35,7 @@ import socket
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,7 +45,7 @@ from adapter import metrics, records
 from adapter.activity import Activity
 from adapter.config import mappings_dir
 from adapter.identity import complete_ids
-from adapter.miso import MisoClient, Outcome, key_id, parse_422
+from adapter.miso import MisoClient, Outcome, key_id, named_records
 from adapter.store import Claimed, Store, StoreError
 from adapter.users import UsersTables
 
@@ -249,11 +250,24 @@ class Forwarder:
                 len(invalid),
                 extra={"event": "dead_letter", "count": len(invalid), "reason": "invalid"},
             )
-        pending = [valid] if valid else []
+        self._deliver(valid, self.client.send)  # type: ignore[union-attr]
+
+    def _deliver(
+        self,
+        items: list[Claimed],
+        send: Callable[[list[bytes]], Outcome],
+        accepted: Callable[[list[Claimed], Outcome], None] | None = None,
+    ) -> None:
+        """Send the items' bodies, settle Miso's answer, and send again at once what the
+        answer leaves to resend (a 422's other records, a split batch's halves);
+        ``accepted`` sees each part Miso took, before it is acknowledged."""
+        pending = [items] if items else []
         while pending:
-            items = pending.pop()
-            outcome = self.client.send([i.body for i in items])  # type: ignore[union-attr]
-            pending.extend(self._settle(items, outcome))
+            part = pending.pop()
+            outcome = send([i.body for i in part])
+            if accepted is not None and outcome.kind == "ok":
+                accepted(part, outcome)
+            pending.extend(self._settle(part, outcome))
 
     def _complete_ids(self, parsed: list[tuple[Claimed, dict]]) -> None:
         """Give every record both ids when a link is known, as it goes out (the rule:
@@ -401,14 +415,12 @@ class Forwarder:
         if unmapped:
             self.store.dead_letter(unmapped)
             self._dead_lettered("user", "invalid", len(unmapped))
-        pending = [sending] if sending else []
-        while pending:
-            items = pending.pop()
-            outcome = self.client.upload_users([i.body for i in items])  # type: ignore[union-attr]
-            if outcome.kind == "ok":
-                user_ids = [orjson.loads(i.body)["user_id"] for i in items]
-                self._task_sent(outcome, "user", user_ids)
-            pending.extend(self._settle(items, outcome))
+        user_of = {item.id: user_id for user_id, item in first.items()}
+
+        def accepted(part: list[Claimed], outcome: Outcome) -> None:
+            self._task_sent(outcome, "user", [user_of[i.id] for i in part])
+
+        self._deliver(sending, self.client.upload_users, accepted)  # type: ignore[union-attr]
         return len(claimed)
 
     def _unmapped(self, user_id: str, profile: dict) -> str:
@@ -473,8 +485,7 @@ class Forwarder:
         """Dead-letter what a failed task did not do, with Miso's words: the users its
         errors name (all of them when they name none), as uploads or a deletion."""
         user_ids: list[str] = task.get("user_ids", [])
-        named = {i: msg for i, msg in parse_422(orjson.dumps({"data": lines})).items()
-                 if 0 <= i < len(user_ids)}  # fmt: skip
+        named = {i: msg for i, msg in named_records(lines).items() if 0 <= i < len(user_ids)}
         words = "; ".join(lines) or "no reason given"
         prefix = f"Miso's task {task['task_id']} failed"
         if task.get("kind") == "delete":

@@ -488,6 +488,8 @@ class _Items:
     per_item: dict[str, tuple[list[Getter], Callable[[Any], Any], Any]]
 
 
+_NO_PROFILES: list[Any] = []  # shared, never changed: the entries of most events
+
 #: The parts of a person's profile a `profiles:` entry may set (what `users:` paths read).
 PROFILE_PARTS = ("traits", "group")
 
@@ -1045,11 +1047,10 @@ class Translator:
         self.users = users
         self._profile_calls = profile_calls or {}
         self._profile_events = profile_events or {}
-        self._profile_names: dict[str, list[_Profile]] = {}
         self._timestamp = timestamp
         # Raw event name → rule (or None); event names repeat endlessly, normalising once
         # per distinct spelling keeps matching at one dict lookup.
-        self._name_cache: dict[str, tuple[bool, _Rule | None]] = {}
+        self._name_cache: dict[str, tuple[bool, _Rule | None, list[_Profile]]] = {}
 
     def __repr__(self) -> str:
         return f"<Translator {self.source} from {self.path}: {self.rule_count} rules>"
@@ -1068,8 +1069,9 @@ class Translator:
         """The normalised event names the table maps."""
         return sorted(self._event_rules)
 
-    def _lookup(self, name: str) -> tuple[bool, _Rule | None]:
-        """(is a page-view event, its event rule) for a raw event name, cached."""
+    def _lookup(self, name: str) -> tuple[bool, _Rule | None, list[_Profile]]:
+        """(is a page-view event, its event rule, its `profiles:` entries) for a raw event
+        name, cached."""
         try:
             return self._name_cache[name]
         except KeyError:
@@ -1080,7 +1082,7 @@ class Translator:
                 # Exact names first; patterns ("^\$mp_") catch what no name claims. A page
                 # view is matched by its path instead, so an unmapped path says which one.
                 rule = next((r for p, r in self._name_patterns if p.search(name)), None)
-            found = (is_page, rule)
+            found = (is_page, rule, self._profile_events.get(key, _NO_PROFILES))
             if len(self._name_cache) < _NAME_CACHE_MAX:  # bounded: hostile input has endless names
                 self._name_cache[name] = found
             return found
@@ -1093,7 +1095,7 @@ class Translator:
         (a skip rule: ``detail`` = its reason) or ``uncovered`` (``detail`` = why).
         """
         env: dict[str, Any] = {}
-        rule, name, call, page = self._match(event, env)
+        rule, name, call, page, _ = self._match(event, env)
         if page is not _NOTHING and page is not None and (rule is None or rule.patterns):
             key = f"page {page}"
         else:
@@ -1106,15 +1108,22 @@ class Translator:
             return Explanation(key, "skipped", rule.skip, None)
         return Explanation(key, "mapped", rule.type or "", rule.type)
 
-    def _match(self, event: dict, env: dict) -> tuple[_Rule | None, str | None, str | None, Any]:
-        """(rule, event name, call type, page path or _NOTHING) for an event."""
+    def _match(
+        self, event: dict, env: dict
+    ) -> tuple[_Rule | None, str | None, str | None, Any, list[_Profile]]:
+        """(rule, event name, call type, page path or _NOTHING, `profiles:` entries) for an
+        event."""
         name = self._event_name(event, env)
         call = self._call_type(event, env) if self._call_type is not None else None
         call_key = call.casefold() if call is not None else None
         env["$event"] = name if name is not None else call
         rule: _Rule | None = None
         page: Any = _NOTHING  # the page path, once looked at
-        is_page_event, named_rule = self._lookup(name) if name is not None else (False, None)
+        is_page_event, named_rule, profiles = (
+            self._lookup(name) if name is not None else (False, None, _NO_PROFILES)
+        )
+        if call_key is not None and self._profile_calls:
+            profiles = profiles + self._profile_calls.get(call_key, _NO_PROFILES)
         if self._page_path is not None and (is_page_event or call_key in self._page_calls):
             page = self._page_path(event, env)
             if page is not None:
@@ -1130,23 +1139,17 @@ class Translator:
             rule = self._call_rules.get(call_key)
         if rule is None and (name is not None or call is not None):
             rule = self._unmatched
-        return rule, name, call, page
+        return rule, name, call, page, profiles
 
     def translate(self, event: dict) -> Translation:
-        """Translate one source event (a JSON object) into Miso records, links and deletions."""
+        """Translate one source event (a JSON object) into Miso records, links, deletions
+        and profile changes."""
         env: dict[str, Any] = {}
-        rule, name, call, page = self._match(event, env)
-        links = self._learn(self._links, event, env)
-        profiles = (
-            self._profiles(event, env, name, call)
-            if self._profile_calls or self._profile_events
-            else None
-        )
+        rule, name, call, page, profiles = self._match(event, env)
+        translation = self._translate(event, env, rule, name, call, page)
         if profiles:
-            translation = self._translate(event, env, rule, name, call, page, links)
-            translation.profiles = profiles
-            return translation
-        return self._translate(event, env, rule, name, call, page, links)
+            translation.profiles = self._profiles(event, env, profiles)
+        return translation
 
     def _translate(
         self,
@@ -1156,8 +1159,8 @@ class Translator:
         name: str | None,
         call: str | None,
         page: Any,
-        links: list[Link],
     ) -> Translation:
+        links = self._learn(self._links, event, env)
         if rule is None:
             uncovered = _uncovered_target(name, call, page)
             return Translation([], links, [], _unmatched_reason(name, call, page), uncovered)
@@ -1182,23 +1185,8 @@ class Translator:
             )
         return Translation([record], links, deletions, None)
 
-    def _profiles(
-        self, event: dict, env: dict, name: str | None, call: str | None
-    ) -> list[ProfileChange]:
-        """The profile changes of the `profiles:` entries matching this message."""
-        entries: list[_Profile] = []
-        if call is not None and self._profile_calls:
-            entries += self._profile_calls.get(call.casefold(), ())
-        if name is not None and self._profile_events:
-            # As for rules: event names repeat endlessly, so each spelling is normalised once.
-            named = self._profile_names.get(name)
-            if named is None:
-                named = self._profile_events.get(normalize_name(name), [])
-                if len(self._profile_names) < _NAME_CACHE_MAX:
-                    self._profile_names[name] = named
-            entries += named
-        if not entries:
-            return []
+    def _profiles(self, event: dict, env: dict, entries: list[_Profile]) -> list[ProfileChange]:
+        """The profile changes the matching `profiles:` entries read from this message."""
         out = []
         for entry in entries:
             user = entry.user(event, env) if entry.user is not None else None

@@ -20,7 +20,7 @@ import requests
 
 from adapter import metrics
 
-__all__ = ["MisoClient", "Outcome", "key_id", "parse_422"]
+__all__ = ["MisoClient", "Outcome", "key_id", "named_records", "parse_422"]
 
 Kind = Literal["ok", "retry", "rejected", "auth", "setup", "too_large", "fatal"]
 
@@ -61,8 +61,14 @@ def parse_422(body: bytes) -> dict[int, str]:
         lines = orjson.loads(body).get("data")
     except (orjson.JSONDecodeError, AttributeError):
         return {}
+    return named_records(lines if isinstance(lines, list) else [])
+
+
+def named_records(lines: list) -> dict[int, str]:
+    """Record index → Miso's complaint, from Miso's ``data.N ... is invalid.`` lines (of a
+    422 answer, or of a failed Users API task); lines naming no record are left out."""
     out: dict[int, str] = {}
-    for line in lines if isinstance(lines, list) else []:
+    for line in lines:
         match = _LINE.match(line) if isinstance(line, str) else None
         if match is not None:
             index = int(match.group(1))

@@ -26,7 +26,7 @@ from adapter.store import current as store_current
 if TYPE_CHECKING:
     from flask import Flask
 
-__all__ = ["MappingWatcher", "init_app", "rejections", "tables"]
+__all__ = ["MappingWatcher", "file_signature", "init_app", "rejections", "tables"]
 
 log = logging.getLogger("adapter.reload")
 
@@ -34,7 +34,9 @@ Signature = tuple[int, int, int]
 _SHARED = "mapping:"  # store status holding the last accepted text of a table
 
 
-def _signature(path: Path) -> Signature | None:
+def file_signature(path: Path) -> Signature | None:
+    """What tells an edit of a file apart (modified time, size, inode), None when it is
+    missing: by path, since editors save by renaming a new file over the old one."""
     try:
         stat = os.stat(path)
     except OSError:
@@ -59,7 +61,7 @@ class MappingWatcher:
         self.rejections = rejections
         self.interval = interval
         self._seen: dict[Path, Signature | None] = {
-            path: _signature(path) for path in self._files()
+            path: file_signature(path) for path in self._files()
         }
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -91,7 +93,7 @@ class MappingWatcher:
         """Look once; reload what changed. Returns the names reloaded (or rejected)."""
         changed = []
         for path in set(self._files()) | set(self._seen):
-            signature = _signature(path)
+            signature = file_signature(path)
             if signature == self._seen.get(path):
                 continue
             self._seen[path] = signature

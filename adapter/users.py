@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -393,8 +392,8 @@ class _AttributesField(mf.Field):
         return out
 
 
-class UsersSchema(Schema):
-    """The ``users:`` section: ``UserRecord field: value spec``, and ``custom_attributes``."""
+class _UsersBase(Schema):
+    """What every ``users:`` section schema shares; its fields come from USER_FIELDS."""
 
     class Meta:
         unknown = EXCLUDE  # reported by _known_fields, in this format's words
@@ -402,20 +401,6 @@ class UsersSchema(Schema):
     error_messages = {  # noqa: RUF012 - marshmallow's own class attribute
         "type": "the users section is a mapping of UserRecord field: value spec",
     }
-
-    user_id = _UserSpecField()
-    name = _UserSpecField()
-    age = _UserSpecField()
-    gender = _UserSpecField()
-    description = _UserSpecField()
-    city = _UserSpecField()
-    state = _UserSpecField()
-    country = _UserSpecField()
-    created_at = _UserSpecField()
-    updated_at = _UserSpecField()
-    profile_image = _UserSpecField()
-    group_id = _UserSpecField()
-    custom_attributes = _AttributesField()
 
     @validates_schema(pass_original=True, skip_on_field_errors=False)
     def _known_fields(self, data: dict, original: Any, **kwargs: Any) -> None:
@@ -432,6 +417,14 @@ class UsersSchema(Schema):
         }
         if unknown:
             raise ValidationError(unknown)
+
+
+#: The ``users:`` section: ``UserRecord field: value spec`` for each field of USER_FIELDS,
+#: and ``custom_attributes``.
+UsersSchema = _UsersBase.from_dict(
+    {**{name: _UserSpecField() for name in USER_FIELDS}, ATTRIBUTE_FIELD: _AttributesField()},
+    name="UsersSchema",
+)
 
 
 # --------------------------------------------------------------------------- compiling
@@ -607,7 +600,8 @@ class UsersTables:
 
     def __init__(self, folder: Path | str) -> None:
         self.folder = Path(folder)
-        self._tables: dict[str, tuple[tuple[int, int] | None, UsersMapping | None]] = {}
+        # source -> (its file's signature when loaded, its compiled users: section)
+        self._tables: dict[str, tuple[Any, UsersMapping | None]] = {}
 
     def __repr__(self) -> str:
         return f"<UsersTables {self.folder}>"
@@ -615,13 +609,10 @@ class UsersTables:
     def __call__(self, source: str) -> UsersMapping | None:
         """The compiled ``users:`` section of ``source``'s table; None when it has none."""
         from adapter.mapping import MappingError, load_mapping
+        from adapter.reload import file_signature
 
         path = self.folder / f"{source}.yaml"
-        try:
-            stat = os.stat(path)
-            signature: tuple[int, int] | None = (stat.st_mtime_ns, stat.st_size)
-        except OSError:
-            signature = None
+        signature = file_signature(path)
         known = self._tables.get(source)
         if known is not None and known[0] == signature:
             return known[1]
