@@ -24,6 +24,11 @@ then their user record.
 
 Leases make several forwarders safe: an item is sent by the process holding its
 lease, and only comes back to another one if that process dies.
+
+A running forwarder (:meth:`Forwarder.run`, :meth:`Forwarder.drain`) keeps one record
+send in flight while it leases and checks the next batch: Miso's time answering overlaps
+the forwarder's own work. Sends stay one at a time and in order, and each answer is acted
+on before the next batch goes out.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -135,6 +141,9 @@ class Forwarder:
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
         self.paused_until = 0.0
         self._first_ok = True
+        # The record send in flight while the next batch is leased and checked.
+        self._sender: ThreadPoolExecutor | None = None
+        self._in_flight: Future[None] | None = None
 
     def __repr__(self) -> str:
         return f"<Forwarder {self.owner} via {self.client!r}>"
@@ -146,18 +155,24 @@ class Forwarder:
         if self.client is None:
             log.warning("MISO_API_KEY is not set: records are kept in the spool, nothing is sent")
         last_upkeep = 0.0
-        while not stop.is_set():
-            try:
-                busy = self.step()
-                self.activity.flush_if_due()
-                if time.monotonic() - last_upkeep > 3600:
-                    self.store.purge_expired()
-                    last_upkeep = time.monotonic()
-            except StoreError as exc:
-                log.error("store unavailable, retrying: %s", exc, extra={"event": "store_error"})
-                busy = False
-            if not busy:
-                stop.wait(self._idle_wait())
+        try:
+            while not stop.is_set():
+                try:
+                    busy = self._cycle(overlap=True) >= self.settings.batch_size
+                    if not busy:
+                        self._settle_in_flight()  # no full batch follows: act on it now
+                    self.activity.flush_if_due()
+                    if time.monotonic() - last_upkeep > 3600:
+                        self.store.purge_expired()
+                        last_upkeep = time.monotonic()
+                except StoreError as exc:
+                    log.error("store unavailable, retrying: %s", exc,
+                              extra={"event": "store_error"})  # fmt: skip
+                    busy = False
+                if not busy:
+                    stop.wait(self._idle_wait())
+        finally:
+            self._stop_sender()
         self.activity.flush()
 
     def _idle_wait(self) -> float:
@@ -166,19 +181,59 @@ class Forwarder:
         return self.settings.flush_interval
 
     def step(self) -> bool:
-        """One cycle over deletions and records; True when a full batch was sent."""
+        """One cycle over deletions and records, its sends answered before it returns;
+        True when a full batch was sent."""
         return self._cycle() >= self.settings.batch_size
 
-    def _cycle(self) -> int:
-        """Forward due deletions and one batch of records; returns how many items it took."""
+    def _cycle(self, overlap: bool = False) -> int:
+        """Forward due deletions, user uploads and one batch of records; returns how many
+        items it took.
+
+        With ``overlap``, the batch's send is left in flight (settled by the next cycle, or
+        :meth:`_settle_in_flight`), and the batch was leased and checked while the previous
+        send was still in flight.
+        """
         if self.client is None or self.paused_until > time.time():
+            self._settle_in_flight()
             return 0
-        deletions = self._forward_deletions()
         s = self.settings
+        leased_at = time.time()
         batch = self.store.claim("record", s.batch_size, s.max_bytes, s.lease, self.owner)
-        if batch:
-            self._send_records(batch)
-        return len(batch) + deletions + self._forward_users() + self._check_tasks()
+        valid = self._checked(batch) if batch else []
+        self._settle_in_flight()
+        if valid and (
+            self.paused_until > time.time()
+            # The lease must still cover a whole send, or another forwarder could take
+            # the batch while it is being sent: a batch that waited long on the send
+            # before it is released and leased afresh.
+            or time.time() - leased_at > s.lease * _LEASE_SPENT
+        ):
+            self.store.release([item.id for item in valid])
+            valid = []
+        taken = len(batch) + self._forward_deletions() + self._forward_users()
+        taken += self._check_tasks()
+        if valid:
+            if overlap:
+                if self._sender is None:
+                    self._sender = ThreadPoolExecutor(1, thread_name_prefix="forwarder-send")
+                self._in_flight = self._sender.submit(self._deliver, valid, self.client.send)
+            else:
+                self._deliver(valid, self.client.send)
+        return taken
+
+    def _settle_in_flight(self) -> None:
+        """Wait for the record send in flight, if any; its answer has then been acted on."""
+        in_flight, self._in_flight = self._in_flight, None
+        if in_flight is not None:
+            in_flight.result()  # re-raises what the send raised (a StoreError, say)
+
+    def _stop_sender(self) -> None:
+        try:
+            self._settle_in_flight()
+        finally:
+            if self._sender is not None:
+                self._sender.shutdown(wait=True)
+                self._sender = None
 
     def drain(self, stop: threading.Event | None = None) -> int:
         """Forward until nothing is ready to send (or Miso refuses the key); returns items taken.
@@ -188,18 +243,21 @@ class Forwarder:
         """
         taken = 0
         idle_since = time.monotonic()
-        while stop is None or not stop.is_set():
-            claimed = self._cycle()
-            taken += claimed
-            if claimed:
-                idle_since = time.monotonic()
-                continue
-            # Users API tasks are checked a moment after their upload: wait for their
-            # answer a while, so a drained spool means every task was seen to succeed.
-            waiting = self.store.stats().get("user_tasks", 0) and not self.paused_until
-            if not waiting or time.monotonic() - idle_since > _TASK_WAIT:
-                break
-            (stop or threading.Event()).wait(0.2)
+        try:
+            while stop is None or not stop.is_set():
+                claimed = self._cycle(overlap=True)
+                taken += claimed
+                if claimed:
+                    idle_since = time.monotonic()
+                    continue
+                # Users API tasks are checked a moment after their upload: wait for their
+                # answer a while, so a drained spool means every task was seen to succeed.
+                waiting = self.store.stats().get("user_tasks", 0) and not self.paused_until
+                if not waiting or time.monotonic() - idle_since > _TASK_WAIT:
+                    break
+                (stop or threading.Event()).wait(0.2)
+        finally:
+            self._stop_sender()
         self.activity.flush()
         return taken
 
@@ -224,7 +282,9 @@ class Forwarder:
 
     # ------------------------------------------------------------------ records
 
-    def _send_records(self, batch: list[Claimed]) -> None:
+    def _checked(self, batch: list[Claimed]) -> list[Claimed]:
+        """The batch's records fit to send, each completed with the ids known now; the
+        others are dead-lettered, saying why."""
         valid: list[Claimed] = []
         invalid: list[tuple[int, str]] = []
         parsed: list[tuple[Claimed, dict]] = []
@@ -250,7 +310,7 @@ class Forwarder:
                 len(invalid),
                 extra={"event": "dead_letter", "count": len(invalid), "reason": "invalid"},
             )
-        self._deliver(valid, self.client.send)  # type: ignore[union-attr]
+        return valid
 
     def _deliver(
         self,
@@ -546,6 +606,8 @@ class Forwarder:
         log.warning("Miso accepts the key again: sending resumed", extra={"event": "miso_resumed"})
 
 
+#: Share of a lease a batch may spend waiting for the send before it (else leased again).
+_LEASE_SPENT = 0.1
 #: Users API tasks looked at per cycle: each is a request, and records wait behind them.
 _TASKS_PER_CYCLE = 5
 #: Seconds drain() waits for Users API tasks to end once nothing else is ready.

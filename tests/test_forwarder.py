@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
 import threading
 import time
 
@@ -242,6 +244,48 @@ def test_two_forwarders_send_each_record_once(store, miso, tmp_path):
             w.join()
     ids = [r["user_id"] for r in miso.records]
     assert len(ids) == 2000 and len(set(ids)) == 2000
+
+
+def _leased(store: SqliteStore) -> int:
+    """Spool items under a lease, read beside the forwarder (a second connection)."""
+    with contextlib.closing(sqlite3.connect(store.path)) as conn:
+        return conn.execute("SELECT COUNT(*) FROM spool WHERE owner IS NOT NULL").fetchone()[0]
+
+
+def test_a_running_forwarder_leases_the_next_batch_while_a_send_is_in_flight(store, miso):
+    """While Miso answers one batch, the next is already leased and checked; sends stay one
+    at a time, in spool order, and each record goes out once."""
+    enqueue(store, [like(n) for n in range(30)])
+    miso.set_delay(0.5)
+    fwd = forwarder(store, miso, settings=ForwarderSettings(batch_size=10, lease=30))
+    worker = threading.Thread(target=fwd.drain)
+    worker.start()
+    try:
+        deadline = time.monotonic() + 10
+        while _leased(store) < 20:  # batch 1 in flight, batch 2 leased beside it
+            assert time.monotonic() < deadline, "the next batch was not leased during a send"
+            time.sleep(0.02)
+        assert miso.records == []  # nothing answered yet: both leases are held at once
+    finally:
+        worker.join(timeout=30)
+    assert not worker.is_alive()
+    assert miso.records == [like(n) for n in range(30)]
+    assert store.stats()["spool"] == 0
+
+
+def test_a_batch_that_waited_long_for_the_send_before_it_is_leased_again(store, miso):
+    """A lease must cover a whole send: a batch leased while a slow send was in flight is
+    released and leased afresh, and still reaches Miso once, in order."""
+    enqueue(store, [like(n) for n in range(20)])
+    miso.set_delay(0.4)  # well past a tenth of the 2-second lease
+    fwd = forwarder(store, miso, settings=ForwarderSettings(batch_size=10, lease=2))
+    released: list[int] = []
+    release = store.release
+    store.release = lambda ids: (released.extend(ids), release(ids))  # type: ignore[method-assign]
+    fwd.drain()
+    assert len(released) == 10  # the second batch, given back after waiting 0.4 s
+    assert miso.records == [like(n) for n in range(20)]
+    assert store.stats()["spool"] == 0
 
 
 def test_no_key_sends_nothing(store, miso):
