@@ -30,6 +30,12 @@ Rows (NAME for --only), all on data generated here, deterministically:
 * ``drain``: ``miso-adapter forward --until-empty`` draining a 1,000,000-record spool into
   a ``FakeMiso(validate=False)`` (``bench/drain.py``); floor: read the bodies out of
   SQLite 1,000 at a time and POST them with ``requests``;
+* ``drain-redis``: ``miso-adapter forward --until-empty`` draining a 500,000-record spool
+  in Redis (``$BENCH_REDIS_URL``, else ``redis://127.0.0.1:6379/0``; a key prefix of its
+  own, deleted afterwards) into a ``FakeMiso(validate=False)``, by TWO forwarder processes
+  started at once (``bench/drain.py --store``); floor: ONE forwarder draining the same
+  spool, filled again, in the same run; every record must arrive exactly once. No Redis:
+  the row fails, saying so;
 * ``kafka``: ``miso-adapter consume kafka --store-only --format segment`` reading 200,000
   Segment messages (the ``segment-dry-run`` generator's, 2% redelivered) from a topic of
   3 partitions on a Tansu broker (``adapter.testing.TansuBroker``, in memory, on
@@ -37,15 +43,24 @@ Rows (NAME for --only), all on data generated here, deterministically:
   store holds every record (the command has no "until empty": it is watched, then gets
   SIGTERM and must exit 0) (``bench/kafka.py``); floor: a plain confluent-kafka consumer
   with the same group settings, in a fresh group, reading the same topic, timed from its
-  assignment to its last message. No target: the row shows the rate beside the floor's.
+  assignment to its last message. No target: the row shows the rate beside the floor's;
+* ``mixpanel-import``: a peer, Mixpanel's own importer (npm ``mixpanel-import``, installed
+  beforehand: ``npm install --prefix bench/.peers mixpanel-import@3.1.43``, or
+  ``$MIXPANEL_IMPORT``), ``mixpanel-import FILE --dry-run --dedupe`` of the ``dry-run``
+  row's 1,000,000-line export, beside our ``replay mixpanel --dry-run`` of it (the
+  ``dry-run`` row's run of the same pass when there is one; else its own)
+  (``bench/mixpanel_import.py``). Not installed: the row is skipped, saying how to
+  install it.
 
-Prints one table: events/s (records/s for ``drain``, rows served for ``export-api``), the
-floor's, the ratio to the floor (time over the floor's time for the offline rows and
-``kafka``, so lower is better; rate over the floor's rate for the two ``serve`` rows, so
-higher is better), p50/p99 per request, peak RSS, and whether the target is met; then the
-scaling curve. Each number is the median of the row's runs (peak RSS: the largest). Every
-run of a row measures its floor too, right before or after, so each ratio compares numbers
-taken in the same minute or two.
+Prints one table: events/s (records/s for ``drain`` and ``drain-redis``, rows served for
+``export-api``, our dry run's lines/s for ``mixpanel-import``), the floor's (the
+importer's for ``mixpanel-import``), the ratio to the floor (time over the floor's time
+for the offline rows and ``kafka``, so lower is better; rate over the floor's rate for the
+two ``serve`` rows, ``drain-redis`` and ``mixpanel-import``, so higher is better), p50/p99
+per request, peak RSS, and whether the target is met; then the scaling curve. Each number
+is the median of the row's runs (peak RSS: the largest). Every run of a row measures its
+floor too, right before or after, so each ratio compares numbers taken in the same minute
+or two.
 
 By default every row runs once, then again (up to 3 times in all) while it fits in a
 9.25-minute budget, cheapest rows first: going by how long each row's last run took, a
@@ -54,7 +69,8 @@ run ends within 10 minutes and the short, noisy ``serve`` rows get the most runs
 table's ``runs`` column says how many each got. ``--runs N`` runs every row N times.
 ``--quick`` is a smoke run on small sizes (one run, under a minute): its numbers say
 that everything works, not how fast. Exit status 0 when every row measured and passed
-its checks (records delivered, no errors), whether or not targets are met; 1 otherwise.
+its checks (records delivered, no errors), whether or not targets are met, a skipped
+peer row included; 1 otherwise.
 """
 
 from __future__ import annotations
@@ -83,13 +99,14 @@ sys.path.insert(1, str(BENCH.parent))
 import drain  # noqa: E402
 import export_api  # noqa: E402
 import kafka  # noqa: E402
+import mixpanel_import  # noqa: E402
 import replay  # noqa: E402
 import webhook  # noqa: E402
 from common import BenchError, CountingMiso, Run, median, number  # noqa: E402
 
 # fmt: off
 ROWS = ("dry-run", "replay", "export-api", "segment-dry-run", "webhook", "actions", "drain",
-        "kafka")
+        "drain-redis", "kafka", "mixpanel-import")
 # fmt: on
 BUDGET = 555.0  # seconds: 9.25 minutes, so a default full run ends within 10
 MAX_RUNS = 3
@@ -112,6 +129,8 @@ class Sizes:
     batches: int  # unique Actions arrays
     batch: int = 1000
     kafka_messages: int = 200_000  # Segment messages in the Kafka topic (kafka)
+    redis_records: int = 500_000  # spool records in Redis (drain-redis)
+    importer_lines: int = 1_000_000  # lines given to mixpanel-import (the first of `lines`)
 
 
 FULL = Sizes(
@@ -136,6 +155,8 @@ QUICK = Sizes(
     bodies=20_000,
     batches=300,
     kafka_messages=10_000,
+    redis_records=20_000,
+    importer_lines=20_000,
 )
 
 
@@ -163,6 +184,7 @@ class Row:
     runs: list[Measure] = field(default_factory=list)
     error: str | None = None
     met: bool | None = None
+    skipped: str | None = None  # why a peer row did not run (not a failure)
 
     def summary(self) -> dict[str, float | None]:
         """Medians over the runs (peak RSS: the largest)."""
@@ -221,16 +243,28 @@ def make_rows(sizes: Sizes) -> dict[str, Row]:
             "webhook", "serve: single-message webhooks", "rate", ">= 0.6x floor rate, p99 <= 25 ms"
         ),
         "actions": Row(
-            "actions", f"serve: Actions arrays of {sizes.batch:,}", "rate", ">= 20,000 events/s"
+            "actions", f"serve: Actions arrays of {sizes.batch:,}", "rate", ">= 40,000 events/s"
         ),
         "drain": Row(
-            "drain", f"forward --until-empty, {sizes.records:,}", "time", ">= 40,000 records/s"
+            "drain", f"forward --until-empty, {sizes.records:,}", "time", ">= 60,000 records/s"
+        ),
+        "drain-redis": Row(
+            "drain-redis",
+            f"forward x2 vs x1 on Redis, {sizes.redis_records:,}",
+            "rate",
+            "two forwarders >= 1.6x one",
         ),
         "kafka": Row(
             "kafka",
             f"consume kafka --store-only, {sizes.kafka_messages:,}",
             "time",
             "none: beside a plain confluent-kafka consumer",
+        ),
+        "mixpanel-import": Row(
+            "mixpanel-import",
+            f"dry run vs mixpanel-import, {sizes.importer_lines:,}",
+            "rate",
+            ">= 20x: mixpanel-import's time over ours",
         ),
     }
 
@@ -277,6 +311,11 @@ class Context:
     api_export: export_api.ApiExport | None = None  # the rows of export-api, as a file
     segment: Path | None = None  # the Segment messages (segment-dry-run)
     kafka_data: kafka.KafkaData | None = None  # the Segment messages of the kafka row
+    seed: int = 20240301
+    redis: str | None = None  # the Redis of drain-redis, once it answered
+    importer: mixpanel_import.Importer | None = None  # the peer, when installed
+    importer_file: Path | None = None  # the lines it is given (the export or its head)
+    dry_run: Run | None = None  # this pass's full dry run (dry-run row), for mixpanel-import
     scaling_files: list[tuple[int, Path]] = field(default_factory=list)
     template: Path | None = None
     scaling: dict[int, list[Point]] = field(default_factory=dict)
@@ -302,7 +341,14 @@ def prefix(source: Path, target: Path, lines: int) -> None:
 def prepare(ctx: Context, seed: int) -> None:
     """Generate the data every selected row needs, once."""
     sizes = ctx.sizes
-    if {"dry-run", "replay"} & set(ctx.selected):
+    importer = "mixpanel-import" in ctx.selected
+    if importer:
+        try:
+            ctx.importer = mixpanel_import.find()
+        except mixpanel_import.Missing as exc:
+            ctx.rows["mixpanel-import"].skipped = str(exc)
+            importer = False
+    if {"dry-run", "replay"} & set(ctx.selected) or importer:
         ctx.export = ctx.folder / "export.jsonl"
         say(f"generating a {sizes.lines:,}-line Mixpanel export ...")
         ctx.notes.append(f"export: {replay.generate(ctx.export, sizes.lines, seed)}")
@@ -311,6 +357,17 @@ def prepare(ctx: Context, seed: int) -> None:
                 path = ctx.folder / f"export-{lines}.jsonl"
                 prefix(ctx.export, path, lines)
                 ctx.scaling_files.append((lines, path))
+    if importer and ctx.importer is not None and ctx.export is not None:
+        ctx.importer_file = ctx.export
+        if sizes.importer_lines < sizes.lines:
+            ctx.importer_file = ctx.folder / f"export-{sizes.importer_lines}.jsonl"
+            prefix(ctx.export, ctx.importer_file, sizes.importer_lines)
+        say(f"checking mixpanel-import {ctx.importer.version}'s --dedupe ...")
+        try:
+            checked = mixpanel_import.check_dedupe(ctx.importer, ctx.importer_file, ctx.folder)
+            ctx.notes.append(f"mixpanel-import {ctx.importer.version}: {checked}")
+        except BenchError as exc:
+            ctx.rows["mixpanel-import"].error = str(exc)
     if "export-api" in ctx.selected:
         say(f"generating {sizes.api_rows:,} Mixpanel rows over the last {export_api.DAYS} days ...")
         ctx.api_export = export_api.generate(ctx.folder / "export-api.jsonl", sizes.api_rows, seed)
@@ -335,6 +392,15 @@ def prepare(ctx: Context, seed: int) -> None:
             )
         except BenchError as exc:
             ctx.rows["drain"].error = str(exc)
+    if "drain-redis" in ctx.selected:
+        url = drain.redis_url()
+        problem = drain.redis_problem(url)
+        if problem is None and not drain.has_until_empty():
+            problem = "this adapter's `miso-adapter forward` has no --until-empty option yet"
+        if problem is None:
+            ctx.redis = url
+        else:
+            ctx.rows["drain-redis"].error = problem
 
 
 def mixpanel_rows(ctx: Context, wanted: set[str]) -> None:
@@ -361,6 +427,7 @@ def mixpanel_rows(ctx: Context, wanted: set[str]) -> None:
                 )
             say(f"  dry run, {lines:,} lines ...")
             dry = replay.measure_dry_run(ctx.export)
+            ctx.dry_run = dry
             ctx.scaling.setdefault(lines, []).append(
                 Point(lines, lines / dry.seconds, floor_rate, dry.peak_mb)
             )
@@ -473,6 +540,84 @@ def drain_row(ctx: Context) -> None:
         row.runs.append(offline(ctx.sizes.records, result.drain, result.floor))
 
 
+def drain_redis_row(ctx: Context) -> None:
+    """One run of the drain-redis row: one forwarder (the floor), then two, same spool size."""
+    row = ctx.rows["drain-redis"]
+    if row.error is not None or ctx.redis is None:
+        return
+    count = ctx.sizes.redis_records
+    with row_errors(row), drain.DistinctMiso() as miso:
+        say(f"  forward --until-empty on Redis, {count:,} records: one forwarder ...")
+        one = drain.measure_shared(ctx.redis, count, ctx.seed, 1, miso)
+        say("  ... then two at once ...")
+        two = drain.measure_shared(ctx.redis, count, ctx.seed, 2, miso)
+        if not row.runs:
+            ctx.notes.append(
+                f"Redis spool: {count:,} records, {one.average:.0f} bytes each on average, "
+                f"filled in {one.filled:.1f}s ({ctx.redis})"
+            )
+        row.runs.append(
+            Measure(
+                rate=count / two.seconds,
+                floor_rate=count / one.seconds,
+                ratio=one.seconds / two.seconds,
+                peak_mb=two.peak_mb,
+                detail={
+                    "seconds": two.seconds,
+                    "floor_seconds": one.seconds,
+                    "items": count,
+                    "floor_peak_mb": one.peak_mb,
+                    "fill_seconds": [one.filled, two.filled],
+                    "record_bytes": one.average,
+                },
+            )
+        )
+
+
+def mixpanel_import_row(ctx: Context) -> float:
+    """One run of the mixpanel-import row: our dry run (this pass's, if the dry-run row ran
+    on the same file), then the importer; returns the seconds of a reused dry run."""
+    row = ctx.rows["mixpanel-import"]
+    importer, path = ctx.importer, ctx.importer_file
+    if row.error is not None or row.skipped is not None or importer is None or path is None:
+        return 0.0
+    lines = ctx.sizes.importer_lines
+    reused = 0.0
+    with row_errors(row):
+        ours = ctx.dry_run if path == ctx.export else None
+        if ours is None:
+            say(f"  dry run, {lines:,} lines (beside mixpanel-import) ...")
+            ours = replay.measure_dry_run(path)
+        else:
+            reused = ours.seconds
+        say(f"  mixpanel-import --dry-run --dedupe, {lines:,} lines ...")
+        theirs = mixpanel_import.measure(importer, path, lines, ctx.folder).run
+        source = " (the dry-run row's run)" if reused else ""
+        ctx.notes.append(
+            f"mixpanel-import {importer.version}: {lines:,} lines in {theirs.seconds:.1f}s "
+            f"({lines / theirs.seconds:,.0f}/s), peak RSS {theirs.peak_mb:,.0f} MB; our dry "
+            f"run {ours.seconds:.1f}s{source}"
+        )
+        row.runs.append(
+            Measure(
+                rate=lines / ours.seconds,
+                floor_rate=lines / theirs.seconds,
+                ratio=theirs.seconds / ours.seconds,
+                peak_mb=ours.peak_mb,
+                detail={
+                    "seconds": ours.seconds,
+                    "floor_seconds": theirs.seconds,
+                    "items": lines,
+                    "floor_peak_mb": theirs.peak_mb,
+                    "reused_dry_run": bool(reused),
+                    "records_written": number(ours.stderr, "records written"),
+                    "importer_version": importer.version,
+                },
+            )
+        )
+    return reused
+
+
 def kafka_row(ctx: Context, run: int) -> None:
     """One run of the kafka row: a fresh broker holding the messages, the floor, the command."""
     row = ctx.rows["kafka"]
@@ -515,6 +660,7 @@ def row_errors(row: Row) -> Iterator[None]:
 
 def one_run(ctx: Context, wanted: list[str]) -> None:
     """One run of each row in ``wanted``; sets ``ctx.costs`` to how long each took."""
+    ctx.dry_run = None  # set by this pass's dry-run row, if it runs
     mixpanel = [name for name in wanted if name in ("dry-run", "replay")]
     if mixpanel:
         try:
@@ -532,6 +678,11 @@ def one_run(ctx: Context, wanted: list[str]) -> None:
             export_api_row(ctx)
         elif name == "drain":
             drain_row(ctx)
+        elif name == "drain-redis":
+            drain_redis_row(ctx)
+        elif name == "mixpanel-import":
+            # A reused dry run is counted in its cost: a later pass may have to run its own.
+            began -= mixpanel_import_row(ctx)
         elif name == "kafka":
             kafka_row(ctx, len(ctx.rows["kafka"].runs))
         else:
@@ -547,7 +698,7 @@ def schedule(ctx: Context, run: int, budget: float | None, elapsed: float) -> li
     budget, so the short and noisy ``serve`` rows get the most runs and a slow row may
     keep one.
     """
-    live = [name for name in ctx.selected if ctx.rows[name].error is None]
+    live = [n for n in ctx.selected if ctx.rows[n].error is None and ctx.rows[n].skipped is None]
     if budget is None or run == 0:
         return live
     wanted: list[str] = []
@@ -580,9 +731,13 @@ def judge(ctx: Context) -> None:
         elif row.name == "webhook":
             row.met = ratio >= 0.6 and p99 is not None and p99 <= 25
         elif row.name == "actions":
-            row.met = rate >= 20_000
-        elif row.name == "drain":
             row.met = rate >= 40_000
+        elif row.name == "drain":
+            row.met = rate >= 60_000
+        elif row.name == "drain-redis":
+            row.met = ratio >= 1.6
+        elif row.name == "mixpanel-import":
+            row.met = ratio >= 20
 
 
 def flat(ctx: Context) -> bool | None:
@@ -610,6 +765,9 @@ def table(ctx: Context) -> str:
     ]
     for name in ctx.selected:
         row = ctx.rows[name]
+        if row.skipped is not None:
+            out.append(f"{row.work:<40}skipped: {row.skipped}")
+            continue
         if row.error is not None and not row.runs:
             out.append(f"{row.work:<40}FAILED: {row.error.splitlines()[0][:120]}")
             continue
@@ -628,10 +786,13 @@ def table(ctx: Context) -> str:
         "Each number is the median of the row's runs (RSS: the largest peak; serve rows: not "
         "measured).",
         "vs floor: 'x time' = the work's time over its floor's (lower is better); 'x rate' = "
-        "the service's rate over the bare Flask floor's (higher is better).",
+        "the work's rate over its floor's (higher is better): the service's over the bare Flask "
+        "floor's (serve rows), two forwarders' over one's (drain-redis), our dry run's over "
+        "mixpanel-import's, i.e. its time over ours (mixpanel-import).",
         "events/s: input lines (Mixpanel rows, from a file or the Export API; Segment "
         "messages; Kafka messages), messages in 200-answered requests (serve rows), records "
-        "(drain). "
+        "(drain; drain-redis: two forwarders, floor/s one), our dry run's lines "
+        "(mixpanel-import, floor/s: the importer's). "
         "p50/p99: per request, serve rows.",
     ]
     if ctx.scaling:
@@ -670,6 +831,7 @@ def to_json(ctx: Context, passes: int, wall: float, options: dict[str, Any]) -> 
                 "target": row.target,
                 "met": row.met,
                 "error": row.error,
+                "skipped": row.skipped,
                 "median": row.summary(),
                 "runs": [asdict(m) for m in row.runs],
             }
@@ -744,7 +906,7 @@ def main(argv: list[str] | None = None) -> int:
             tempfile.TemporaryDirectory(prefix="bench-") as tmp,
             CountingMiso() as miso,
         ):
-            ctx = Context(sizes, args.selected, make_rows(sizes), Path(tmp), miso)
+            ctx = Context(sizes, args.selected, make_rows(sizes), Path(tmp), miso, seed=args.seed)
             prepare(ctx, args.seed)
             for run in range(max_runs):
                 elapsed = time.monotonic() - started
@@ -786,6 +948,9 @@ def main(argv: list[str] | None = None) -> int:
     failed = [row for name in args.selected if (row := ctx.rows[name]).error is not None]
     for row in failed:
         print(f"\n{row.name} failed: {row.error}", file=sys.stderr)
+    for name in args.selected:
+        if ctx.rows[name].skipped is not None:
+            print(f"\n{name} skipped: {ctx.rows[name].skipped}", file=sys.stderr)
     return 1 if failed else 0
 
 

@@ -78,14 +78,16 @@ sys.exit(os.waitstatus_to_exitcode(status))
 """
 
 
-def run(command: Sequence[str], env: dict[str, str] | None = None) -> Run:
-    """Run ``command`` to its end; its wall time and its own peak RSS (see _LAUNCHER)."""
+def run(command: Sequence[str], env: dict[str, str] | None = None, cwd: Path | None = None) -> Run:
+    """Run ``command`` to its end (in ``cwd``, if given); its wall time and its own peak
+    RSS (see _LAUNCHER)."""
     read_end, write_end = os.pipe()
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         try:
             process = subprocess.Popen(
                 [sys.executable, "-S", "-c", _LAUNCHER, str(write_end), *command],
                 env=env,
+                cwd=cwd,
                 stdout=out,
                 stderr=err,
                 pass_fds=(write_end,),

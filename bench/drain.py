@@ -28,13 +28,15 @@ With ``--store redis://host:6379/0`` the spool is that Redis (a key prefix of it
 per run, deleted afterwards) and there is no floor: each run fills it, then times ONE
 ``forward --until-empty``, fills it again and times TWO started at once (until both
 exit), checking that the fake received every record exactly once (each record has its
-own anonymous id) and that the spool is empty.
+own anonymous id) and that the spool is empty. That is ``python -m bench``'s
+``drain-redis`` row, on the Redis in ``$BENCH_REDIS_URL``, else ``redis://127.0.0.1:6379/0``.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import random
 import re
 import shutil
@@ -68,6 +70,7 @@ from common import (  # noqa: E402
 )
 
 FILL_BATCH = 10_000
+REDIS_URL = "redis://127.0.0.1:6379/0"  # the one tests/test_store.py uses
 PAGE = 1_000  # the forwarder's batch size, and Miso's SDK's
 
 # (type, weight): roughly what a shop's Segment stream becomes once translated.
@@ -324,10 +327,46 @@ def own_prefix(url: str) -> str:
     return urlunsplit(parts._replace(query=urlencode(options)))
 
 
+def redis_url() -> str:
+    """The Redis the shared-store drain uses: ``$BENCH_REDIS_URL``, else the tests' one."""
+    return os.environ.get("BENCH_REDIS_URL") or REDIS_URL
+
+
+def redis_problem(url: str) -> str | None:
+    """Why the Redis at ``url`` cannot be used (None: it answers a PING)."""
+    import redis
+
+    try:
+        client = redis.Redis.from_url(
+            urlunsplit(urlsplit(url)._replace(query="")), socket_connect_timeout=2
+        )
+        try:
+            client.ping()
+        finally:
+            client.close()
+    except redis.RedisError as exc:
+        return (
+            f"no Redis at {url} ({exc}): start one (redis-server --save '' --appendonly no) "
+            "or point BENCH_REDIS_URL at one"
+        )
+    return None
+
+
 def measure_shared(
     url: str, count: int, seed: int, processes: int, miso: DistinctMiso
 ) -> SharedRun:
     """Fill a fresh prefix of the Redis at ``url``, drain it with ``processes`` forwarders."""
+    import redis
+
+    try:
+        return _measure_shared(url, count, seed, processes, miso)
+    except redis.RedisError as exc:  # Redis went away: a failed measure, not a crash
+        raise BenchError(f"Redis at {url}: {exc}") from exc
+
+
+def _measure_shared(
+    url: str, count: int, seed: int, processes: int, miso: DistinctMiso
+) -> SharedRun:
     import redis
 
     from adapter.store import open_store
