@@ -20,6 +20,7 @@ import yaml
 from itsdangerous.timed import TimestampSigner
 
 from adapter import console, create_app
+from adapter.ingest import CHUNK
 from adapter.sources import REGISTRY
 from adapter.store import Incoming
 
@@ -843,16 +844,16 @@ class TestImportProgress:
         rows = [
             {"event": "Product Viewed", "properties": {"time": 1718035220 + n, "distinct_id": "u",
              "$insert_id": f"p-{n}", "product_id": f"P{n}"}}
-            for n in range(2500)
+            for n in range(CHUNK * 5 // 2)
         ]  # fmt: skip
         body = b"".join(orjson.dumps(r) + b"\n" for r in rows)
         headers = {**BEARER, "Content-Type": "application/x-ndjson"}
         url = "/console/import?source=mixpanel&id=upload-0001"
         response = client.post(url, data=body, headers=headers)
-        assert response.status_code == 200 and response.json["accepted"] == 2500
+        assert response.status_code == 200 and response.json["accepted"] == len(rows)
         assert [name for name, _ in published] == ["console.import.upload-0001"] * 3
         reads = [value["read"] for _, value in published]
-        assert [value["rows"] for _, value in published] == [1000, 2000, 2500]
+        assert [value["rows"] for _, value in published] == [CHUNK, 2 * CHUNK, len(rows)]
         assert reads == sorted(reads) and 0 < reads[0] < len(body) and reads[-1] == len(body)
         gone = client.get("/console/import/progress?id=upload-0001", headers=BEARER)
         assert gone.status_code == 404
