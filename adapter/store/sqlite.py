@@ -162,10 +162,11 @@ class SqliteStore:
         # in SQLite's busy handler, which sleeps in growing steps of up to 100 ms: under load
         # the unlucky writer slept for hundreds of ms (measured p99 ~370 ms -> see bench/).
         self._write_lock = threading.Lock()
-        # Group commit: accepts waiting for the write lock leave their work here, and the
-        # next thread to hold the lock commits all of it in one transaction (one fsync).
+        # Group commit: accepts that arrive while another thread commits leave their work
+        # here, and the next leader commits all of it in one transaction (one fsync).
         self._pending: list[_Accept] = []
-        self._pending_lock = threading.Lock()
+        self._group = threading.Condition()  # guards _pending and _leading
+        self._leading = False  # a thread is committing a group
         self._lock_path = Path(f"{self.path}.lock")
         self._lock_fd: int | None = None
         self._lock_pid = 0
@@ -319,42 +320,60 @@ class SqliteStore:
         and a failure fails every call in it, none partly.
         """
         job = _Accept(batch, dedup_ttl, status)
-        with self._pending_lock:
+        with self._group:
             self._pending.append(job)
-        committed = None
-        with self._write_lock:
-            if not job.done:  # else an earlier lock holder committed it with its own
-                with self._pending_lock:
-                    jobs, self._pending = self._pending, []
-                committed = self._commit_accepts(jobs)
-        if committed is not None:
-            self._after_write(committed)  # the checkpoint, once no writer waits on us
+            # Wait while another thread leads a commit: it may take this job with its own.
+            # Waiting here, not on the write lock, lets a committed job return at once
+            # instead of queueing behind the next group's commit.
+            while self._leading and not job.done:
+                self._group.wait()
+            lead = not job.done
+            if lead:
+                self._leading = True
+        if lead:
+            committed = self._lead_group_commit()
+            if committed is not None:
+                self._after_write(committed)  # the checkpoint, once no writer waits on us
         if job.error is not None:
             raise job.error
         return job.duplicates
 
-    def _commit_accepts(self, jobs: list[_Accept]) -> sqlite3.Connection | None:
-        """Leader of a group commit (holding the thread lock): one transaction for all.
+    def _take_pending(self) -> list[_Accept]:
+        with self._group:
+            jobs, self._pending = self._pending, []
+        return jobs
 
-        Returns the connection when the transaction committed.
+    def _lead_group_commit(self) -> sqlite3.Connection | None:
+        """Commit every waiting accept in one transaction, as the group's leader.
+
+        The waiting accepts are taken once both locks are held: those that arrived while
+        the other processes' commits held the file lock ride along. Returns the
+        connection when the transaction committed.
         """
+        jobs: list[_Accept] = []
         try:
-            with self._file_lock(), self._transaction() as conn:
-                now = time.time()
-                for job in jobs:
-                    job.duplicates = self._accept_in(conn, job, now)
+            with self._write_lock, self._file_lock():
+                jobs = self._take_pending()
+                with self._transaction() as conn:
+                    now = time.time()
+                    for job in jobs:
+                        job.duplicates = self._accept_in(conn, job, now)
         except StoreError as exc:
-            for job in jobs:
+            for job in jobs or self._take_pending():
                 job.error = StoreError(str(exc))
         except BaseException as exc:
+            jobs = jobs or self._take_pending()
             for job in jobs:
                 job.error = StoreError(f"store write failed: {type(exc).__name__}")
             raise
         else:
             return conn
         finally:
-            for job in jobs:
-                job.done = True
+            with self._group:
+                for job in jobs:
+                    job.done = True
+                self._leading = False
+                self._group.notify_all()
         return None
 
     def _accept_in(self, db: sqlite3.Connection, job: _Accept, now: float) -> list[bool]:
