@@ -1,6 +1,6 @@
 """Benchmark: signed Segment webhooks over HTTP, the service against a bare Flask floor.
 
-    python bench/webhook.py [--seconds 20] [--connections 16] [--workers 2] [--threads 4]
+    python bench/webhook.py [--seconds 20] [--connections 16] [--workers 2] [--threads N]
                             [--batch 1000]
 
 Needs ``wrk`` (Debian: ``apt-get install -y wrk``). In one run, on the same gunicorn
@@ -37,9 +37,9 @@ array of N such messages, every one with its own ``messageId``, written as
 the first element, as Segment signs batches (``adapter.sources.segment.signature_ok``). To keep
 a run's gigabytes of unique bodies out of memory, ``bench/wrk_requests.lua`` assembles each
 request from a pre-signed first message and one shared text of the other N-1 messages
-whose messageIds it stamps with the request's number. The default is then 8 connections,
-one per gunicorn thread (2 workers x 4): a 1 MB request keeps a thread busy for tens of
-milliseconds, so more connections only queue, which adds latency and no throughput.
+whose messageIds it stamps with the request's number. The default is then 8 connections:
+a 1 MB request keeps a worker's interpreter busy for tens of milliseconds, so more
+connections only queue, which adds latency and no throughput.
 
 How the connections meet the workers: wrk opens all its connections at once, and a
 keep-alive connection stays with the gunicorn worker that accepted it. Often (a third to
@@ -665,7 +665,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--connections", type=int, help="keep-alive clients (default 16; 8 with --batch > 1)"
     )
     parser.add_argument("--workers", type=int, default=2, help="gunicorn worker processes")
-    parser.add_argument("--threads", type=int, default=4, help="threads per worker")
+    parser.add_argument(
+        "--threads", type=int, help="threads per worker (default: serve's own default)"
+    )
     parser.add_argument("--wrk-threads", type=int, default=1, help="wrk's threads")
     parser.add_argument(
         "--bodies",
@@ -688,6 +690,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Parse and complete the options (defaults that depend on --batch)."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.threads is None:
+        from adapter.serve import THREADS
+
+        args.threads = THREADS
     if args.connections is None:
         args.connections = 16 if args.batch == 1 else 8
     if args.bodies is None:
