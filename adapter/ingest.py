@@ -172,8 +172,10 @@ def chunks(
     *,
     skip: int = 0,
     report: Callable[[str, str], None] | None = None,
+    size: int = CHUNK,
 ) -> Iterator[tuple[Chunk, int, int]]:
-    """An input's events in chunks of about CHUNK: ``(chunk, values consumed, raw bytes read)``.
+    """An input's events in chunks of about ``size``: ``(chunk, values consumed, raw bytes
+    read)``.
 
     A chunk ends after a whole value, so "values consumed" is a checkpoint: a resumed
     read passes over the first ``skip`` values. Unusable values are counted in
@@ -205,7 +207,7 @@ def chunks(
                     _bad(intake, report, place, event.message)
                 else:
                     append((key, event))
-        if len(chunk) >= CHUNK:
+        if len(chunk) >= size:
             intake.rows = first_row + consumed
             source.end_chunk()
             yield chunk, consumed, opened.position()

@@ -31,9 +31,10 @@ from typing import IO, Any, Protocol
 import orjson
 
 from adapter.activity import Activity
+from adapter.fingerprints import Fingerprints
 from adapter.forwarder import Forwarder, refusal
 from adapter.identity import Link, complete_ids
-from adapter.ingest import SHOWN_ERRORS, Intake, chunks, ingest_chunks
+from adapter.ingest import CHUNK, SHOWN_ERRORS, Intake, chunks, ingest_chunks
 from adapter.mapping import Translator
 from adapter.sources import Source
 from adapter.sources.inputs import UNREADABLE, Input, InputFailed, open_path
@@ -51,6 +52,10 @@ __all__ = [
 ]
 
 log = logging.getLogger("adapter.replay")
+#: Events per chunk of a dry run: it commits nothing, so it needs no large transactions,
+#: and a chunk's events (parsed rows, records) are what it holds in memory besides its
+#: dedup memory.
+PREVIEW_CHUNK = 1000
 
 MAX_SPOOL = 50_000  # records waiting for Miso before reading pauses (backpressure)
 REREADS = 5  # times a whole input cut off midway is read, in all, before the run stops
@@ -271,11 +276,12 @@ class Preview:
 
     Given to :func:`~adapter.ingest.ingest` in place of the store, so a dry run takes the
     very path a replay takes. Dedup keys are remembered within the run as 64-bit hashes
-    (about 60 bytes per distinct event) and, when ``store`` is given, looked up among its
-    live keys, read-only. Each record gets the ids the forwarder would give it as it goes
-    out (:func:`adapter.identity.complete_ids`), from the links this run has learned so far
-    (the newest ``LINKS_KEPT``) and the store's: what is written is what a replay would send
-    now.
+    (:class:`~adapter.fingerprints.Fingerprints`: about 16 bytes per distinct event)
+    and, when ``store`` is given, looked up among its live keys, read-only. Each record
+    gets the ids the forwarder would give it as it goes out
+    (:func:`adapter.identity.complete_ids`), from the links this run has learned so far
+    (the newest ``LINKS_KEPT``) and the store's: what is written is what a replay would
+    send now.
     """
 
     LINKS_KEPT = 200_000
@@ -284,7 +290,7 @@ class Preview:
         self.output = output
         self.store = store
         self.records = 0
-        self._seen: set[int] = set()
+        self._seen = Fingerprints()  # hash() of every dedup key passed
         self._user_of: OrderedDict[str, str] = OrderedDict()  # anonymous id -> user
         self._anonymous_of: OrderedDict[str, str] = OrderedDict()  # user -> latest anonymous
 
@@ -331,13 +337,12 @@ class Preview:
             live = self.store.seen(fresh) if fresh else set()
         duplicates: list[bool] = []
         lines: list[bytes] = []
+        first_seen = self._seen.add
         for item in batch:
-            if item.dedup_key is not None:
-                digest = hash(item.dedup_key)
-                if digest in self._seen or item.dedup_key in live:
-                    duplicates.append(True)
-                    continue
-                self._seen.add(digest)
+            key = item.dedup_key
+            if key is not None and (key in live or not first_seen(hash(key))):
+                duplicates.append(True)
+                continue
             duplicates.append(False)
             self.learn(item.links)
             lines.extend(item.records)
@@ -563,7 +568,10 @@ class _Run:
             return item.checkpoint, {"file": item.name, "rows": consumed}
 
         with opened:
-            parts = chunks(self.source, opened, summary, skip=skip, report=self.report)
+            # A dry run commits nothing: smaller chunks hold fewer events in memory.
+            size = PREVIEW_CHUNK if self.preview is not None else CHUNK
+            parts = chunks(self.source, opened, summary, skip=skip, report=self.report,
+                           size=size)  # fmt: skip
             target = self.preview if self.preview is not None else self.store
             try:
                 ingest_chunks(target, self.translator, parts, source=self.source.name,  # type: ignore[arg-type]
