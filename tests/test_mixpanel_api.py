@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from adapter.ingest import CHUNK
 from adapter.sources.mixpanel_api import Budget, ExportSettings, day_ranges
 from adapter.store import open_store
 from adapter.testing import FakeMiso, FakeMixpanel
@@ -182,10 +183,10 @@ def test_a_day_cut_off_midway_is_fetched_again_and_its_stored_rows_are_duplicate
     """A body cut mid-stream, and one ending in 'terminated early', fail their day: it is
     fetched again; what was stored of it counts as duplicates, nothing is sent twice."""
     days = days_back(2)
-    rows = rows_for(days, 3000, "c")
+    rows = rows_for(days, CHUNK + 1500, "c")
     with FakeMixpanel(USER, SECRET, PROJECT, rows, per_second=None) as mixpanel:
         mixpanel.cut_next(after_bytes=40_000)
-        mixpanel.terminate_early_next(after_rows=2500)
+        mixpanel.terminate_early_next(after_rows=CHUNK + 1000)  # a chunk stored, then cut
         cli = Cli(tmp_path, miso, mixpanel)
         done = cli.run("replay", "mixpanel", "--from-api", "--from-date", days[0].isoformat(),
                        "--to-date", days[-1].isoformat())  # fmt: skip
@@ -194,7 +195,7 @@ def test_a_day_cut_off_midway_is_fetched_again_and_its_stored_rows_are_duplicate
         records = miso.wait_for(len(rows), timeout=60)
     assert max(tags(records).values()) == 1 and len(tags(records)) == len(rows)
     duplicates = int(done.stderr.split("duplicates: ")[1].split()[0].replace(",", ""))
-    assert duplicates >= 2000  # the chunks stored before 'terminated early' was read
+    assert duplicates >= CHUNK  # the chunk stored before 'terminated early' was read
 
 
 def test_killed_mid_backfill_then_resumed_sends_each_event_once(tmp_path, miso):

@@ -119,7 +119,7 @@ class Normalizer:
             raise ValueError(f"a time offset is between -24 and 24 hours, not {time_offset:g}")
         self._offset = time_offset * 3600 if time_offset is not None else 0.0
         self._zone = ZoneInfo(timezone) if timezone else None
-        self._window = window or Window()
+        self._window = window if window else None
         # Which ids are anonymous is the store's knowledge (links from every source, run
         # and host): ``known_anonymous(ids)`` returns those of ``ids`` it holds as
         # anonymous. In front of it, a bounded cache of the anonymous ids this run has
@@ -156,14 +156,17 @@ class Normalizer:
                 if props.get("mp_original_distinct_id") not in (None, ""):
                     props = {**props, "distinct_id": props["mp_original_distinct_id"]}
         raw_time = props.get("time")
-        epoch = self._epoch(raw_time, local_time)
-        if epoch is None:
+        exported = self._epoch(raw_time, local_time=False)  # as exported, before correction
+        if exported is None:
             # Miso would stamp it "now": wrong for history, so it is not sent.
             return None, "no valid time"
-        if self._window and not self._window.holds(epoch):
+        epoch = self._local(raw_time, exported) if local_time else exported
+        if epoch is None:
+            return None, "no valid time"
+        if self._window is not None and not self._window.holds(epoch):
             return None, OUTSIDE
         try:
-            key = self._dedup_key(name, props, raw_time)
+            key = self._dedup_key(name, props, raw_time, exported)
         except (orjson.JSONEncodeError, RecursionError):
             # Deeper than any JSON serialiser goes (orjson: 255 levels): not a real event.
             return None, "properties nested too deeply"
@@ -188,7 +191,14 @@ class Normalizer:
         epoch = float(number) / 1000.0 if abs(number) > _MS_THRESHOLD else float(number)
         if epoch <= 0:
             return None
-        if not local_time:
+        return self._local(raw, epoch) if local_time else epoch
+
+    def _local(self, raw: Any, epoch: float) -> float | None:
+        """``epoch`` (the exported ``raw`` time, in seconds) corrected from a pre-2023
+        project's local time; ISO text is UTC already."""
+        if self._zone is None and not self._offset:
+            return epoch
+        if values.to_number(raw) is None:  # ISO text (Data Pipelines): UTC already
             return epoch
         if self._zone is not None:
             # The number is local wall-clock time read as UTC: re-read it in the zone.
@@ -314,7 +324,7 @@ class Normalizer:
 
     # -- dedup
 
-    def _dedup_key(self, name: str, props: dict, raw_time: Any) -> str:
+    def _dedup_key(self, name: str, props: dict, raw_time: Any, exported: float) -> str:
         """Mixpanel's own identity of an event: (event, distinct_id, time, $insert_id).
 
         Without an ``$insert_id``, a hash of the event's content (system properties
@@ -335,8 +345,7 @@ class Normalizer:
             orjson.dumps(identity, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS),
             digest_size=16,
         ).hexdigest()
-        seconds = int(self._epoch(raw_time, local_time=False) or 0)
-        return f"mixpanel:{seconds:010x}:{digest}"
+        return f"mixpanel:{int(exported):010x}:{digest}"
 
 
 def _anonymous_id(value: Any) -> str | None:
