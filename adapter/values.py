@@ -102,7 +102,8 @@ def to_string(value: Any) -> str | None:
 
 def to_id(value: Any, max_length: int = 1024) -> str | None:
     """An identifier: a string or number, not a placeholder, not over ``max_length``."""
-    text = to_string(value)
+    # A plain string, as nearly every id is, without the call to to_string.
+    text = value.strip() or None if value.__class__ is str else to_string(value)
     if text is None or len(text) > max_length or text.lower() in PLACEHOLDER_IDS:
         return None
     return text

@@ -241,15 +241,9 @@ class Normalizer:
             anonymous = device
             if anonymous is None and distinct is not None and distinct.startswith(DEVICE_PREFIX):
                 anonymous = _anonymous_id(distinct)
-            candidates = tuple(
-                c
-                for c in (distinct, before)
-                if c is not None
-                and not c.startswith(DEVICE_PREFIX)
-                and c != device
-                and c != user
-                and len(c) <= 512
-            )
+            candidates = _undecided(distinct, device, user)
+            if before is not None:
+                candidates += _undecided(before, device, user)
             if not candidates:
                 event["user_id"], event["anonymous_id"] = user, anonymous
                 self._remember(anonymous)
@@ -354,6 +348,18 @@ def _anonymous_id(value: Any) -> str | None:
     if text is not None and text.startswith(DEVICE_PREFIX):
         text = values.to_id(text[len(DEVICE_PREFIX) :])
     return text
+
+
+def _undecided(candidate: str | None, device: str | None, user: str | None) -> tuple[str, ...]:
+    """``(candidate,)`` when which side it is on is still to decide, else ``()``."""
+    if (
+        candidate is None
+        or candidate.startswith(DEVICE_PREFIX)
+        or candidate in (device, user)
+        or len(candidate) > 512
+    ):
+        return ()
+    return (candidate,)
 
 
 def _choose(
