@@ -21,7 +21,13 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import orjson
 
-from adapter.config import Config, mappings_dir, runs_kafka_consumer, runs_mixpanel_sync
+from adapter.config import (
+    Config,
+    collect_less,
+    mappings_dir,
+    runs_kafka_consumer,
+    runs_mixpanel_sync,
+)
 from adapter.mapping import MappingError, Translator, load_mapping
 from adapter.sources import REGISTRY, Source, Window, make_source, source_class, translator_for
 from adapter.store import Store, StoreError, open_store
@@ -911,5 +917,11 @@ _COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Calla
 }
 
 
-if __name__ == "__main__":  # pragma: no cover
+def run() -> None:
+    """The ``miso-adapter`` program: :func:`main` in a process of its own."""
+    collect_less()
     sys.exit(main())
+
+
+if __name__ == "__main__":  # pragma: no cover
+    run()

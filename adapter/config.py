@@ -2,12 +2,31 @@
 
 from __future__ import annotations
 
+import gc
 import os
 from pathlib import Path
 
 from adapter.mapping import default_mappings_dir
 
-__all__ = ["Config", "mappings_dir", "runs_kafka_consumer", "runs_mixpanel_sync"]
+__all__ = ["Config", "collect_less", "mappings_dir", "runs_kafka_consumer", "runs_mixpanel_sync"]
+
+#: Allocations between the cyclic garbage collector's young-generation passes (Python's
+#: default: 700).
+GC_YOUNG_THRESHOLD = 10_000
+
+
+def collect_less() -> None:
+    """Tune the cyclic garbage collector for a process of ours, once it has started.
+
+    Events and records are trees of dicts and lists without cycles, made and freed by the
+    thousand; at Python's default the collector ran every 700 allocations and its older
+    passes walked everything startup made (modules, compiled mapping tables). Freezing
+    what exists now and collecting young objects every 10,000 allocations took 8% off a
+    200,000-row Mixpanel dry run, at the same peak memory. Cycles are still collected.
+    """
+    gc.freeze()
+    _, middle, old = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, middle, old)
 
 
 def mappings_dir(override: str | os.PathLike[str] | None = None) -> Path:

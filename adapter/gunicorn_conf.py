@@ -11,6 +11,7 @@ import os
 import sys
 
 from adapter import logs, metrics
+from adapter.config import collect_less as _collect_less  # gunicorn reads public names
 
 #: Seconds a thread may hold the interpreter lock before another may take it (Python's
 #: default: 5 ms). A request thread that committed to SQLite (the lock released for the
@@ -54,8 +55,9 @@ logconfig_dict = {
 
 
 def post_worker_init(worker: object) -> None:
-    """Gunicorn hook: runs in each worker once it has started."""
+    """Gunicorn hook: runs in each worker once it has started (and loaded the app)."""
     sys.setswitchinterval(SWITCH_INTERVAL)
+    _collect_less()
 
 
 def child_exit(server: object, worker: object) -> None:

@@ -229,3 +229,15 @@ def test_replay_segment_learns_sign_ins_first(tmp_path, monkeypatch, capsys):
     assert cli.main(["replay", "segment", str(path), "--dry-run", "--output", str(out)]) == 0
     [record] = [orjson.loads(line) for line in out.read_bytes().splitlines()]
     assert (record["anonymous_id"], record["user_id"]) == ("anon-9", "u9")
+
+
+def test_a_program_of_ours_collects_garbage_less_often_and_not_its_startup_objects():
+    """The program (not main(), which tests call in-process) freezes what startup made
+    and runs the young collection every 10,000 allocations instead of 700."""
+    code = (
+        "import gc, sys; from adapter import cli; cli.main = lambda: "
+        "print(gc.get_threshold()[0], gc.get_freeze_count() > 1000) or 0; cli.run()"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["10000", "True"]
