@@ -64,8 +64,9 @@ or two.
 
 By default every row runs once, then again (up to 3 times in all) while it fits in a
 9.25-minute budget, cheapest rows first: going by how long each row's last run took, a
-row starts a new run only if that would still end within the budget, so a full default
-run ends within 10 minutes and the short, noisy ``serve`` rows get the most runs; the
+row starts a new run only if that would still end within the budget, so the short, noisy
+``serve`` rows get the most runs. Every row runs at least once: the first pass alone takes
+about 10 minutes on 2 cores, plus 3-7 for the ``mixpanel-import`` peer when installed. The
 table's ``runs`` column says how many each got. ``--runs N`` runs every row N times.
 ``--quick`` is a smoke run on small sizes (one run, under a minute): its numbers say
 that everything works, not how fast. Exit status 0 when every row measured and passed
@@ -108,7 +109,7 @@ from common import BenchError, CountingMiso, Run, median, number  # noqa: E402
 ROWS = ("dry-run", "replay", "export-api", "segment-dry-run", "webhook", "actions", "drain",
         "drain-redis", "kafka", "mixpanel-import")
 # fmt: on
-BUDGET = 555.0  # seconds: 9.25 minutes, so a default full run ends within 10
+BUDGET = 555.0  # seconds: no second or third run that would end later than this
 MAX_RUNS = 3
 # "Flat" peak RSS from the smallest to the largest dry run: at most this much growth.
 FLAT = 1.2
@@ -258,7 +259,7 @@ def make_rows(sizes: Sizes) -> dict[str, Row]:
             "kafka",
             f"consume kafka --store-only, {sizes.kafka_messages:,}",
             "time",
-            "none: beside a plain confluent-kafka consumer",
+            "<= 2x the time of a plain confluent-kafka consumer (>= 0.5x its rate)",
         ),
         "mixpanel-import": Row(
             "mixpanel-import",
@@ -736,6 +737,8 @@ def judge(ctx: Context) -> None:
             row.met = rate >= 60_000
         elif row.name == "drain-redis":
             row.met = ratio >= 1.6
+        elif row.name == "kafka":
+            row.met = ratio <= 2
         elif row.name == "mixpanel-import":
             row.met = ratio >= 20
 
