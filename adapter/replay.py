@@ -72,6 +72,7 @@ class ReplaySummary(Intake):
     failed: str = ""  # why reading stopped early (an input refused or cut off for good)
     records_out: int = 0  # dry run: records written
     delivered_wait: str = ""  # how the wait for delivery ended
+    delivered: bool | None = None  # True: everything the replay stored reached Miso
     start_stats: dict[str, Any] | None = None  # the store before the replay
     end_stats: dict[str, Any] | None = None  # and after it
 
@@ -461,7 +462,9 @@ def replay(
         if summary.malformed > SHOWN_ERRORS:
             print(f"... {summary.malformed - SHOWN_ERRORS:,} more", file=errors)
         if sender is not None and writer is not None:
-            summary.delivered_wait = _wait_for_delivery(writer, sender, wait_for_delivery)
+            summary.delivered, summary.delivered_wait = _wait_for_delivery(
+                writer, sender, wait_for_delivery
+            )
     finally:
         progress.close()
         if sender is not None:
@@ -594,8 +597,9 @@ def _wait_for_room(store: Store, max_spool: int, sender: Sender | None) -> None:
         time.sleep(0.2)
 
 
-def _wait_for_delivery(store: Store, sender: Sender, limit: float) -> str:
-    """Wait until what the replay stored is delivered, Miso refuses the key, or time is up.
+def _wait_for_delivery(store: Store, sender: Sender, limit: float) -> tuple[bool, str]:
+    """Wait until what the replay stored is delivered, Miso refuses the key, or time is up;
+    (delivered, how the wait ended).
 
     Delivered means nothing queued before the replay finished storing is still waiting:
     records that webhooks (or other hosts) keep adding afterwards do not hold it up.
@@ -612,15 +616,15 @@ def _wait_for_delivery(store: Store, sender: Sender, limit: float) -> str:
         # replay sent: a task that fails is a dead letter, not a delivery.
         quiet = stats["oldest_age"] < since_finished - 0.05 and not stats.get("user_tasks")
         if stats["spool"] == 0 or quiet:
-            return "delivered: everything accepted has reached Miso"
+            return True, "delivered: everything accepted has reached Miso"
         status = refusal(store)
         if status is not None:
-            return (
+            return False, (
                 f"NOT delivered: {stats['spool']:,} records wait in the spool: {status['reason']}."
                 " Fix the key and run `miso-adapter forward` (or `serve`) to send them."
             )
         if time.monotonic() > deadline:
-            return (
+            return False, (
                 f"still sending: {stats['spool']:,} records wait in the spool; a running "
                 "`miso-adapter forward` (or `serve`) will send them"
             )

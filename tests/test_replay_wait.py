@@ -63,3 +63,43 @@ def test_webhooks_arriving_during_the_final_wait_do_not_hold_the_replay(tmp_path
             if not (r.get("product_ids") or [""])[0].startswith("w-")
         }
         assert mine == set(export.expected)
+
+
+def test_a_replay_beside_a_storing_service_exits_0_once_its_own_records_are_delivered(
+    tmp_path, monkeypatch, capsys
+):
+    """The exit status says whether the replay's records reached Miso, not whether the
+    spool is empty: a service storing into the same store keeps adding records of its
+    own while the replay ends."""
+    from adapter import cli
+
+    export = write_export(tmp_path / "export.jsonl", 500)
+    store = SqliteStore(tmp_path / "adapter.db")
+    stop = threading.Event()
+
+    def webhooks() -> None:  # another source, adding a record every 10 ms meanwhile
+        n = 0
+        while not stop.wait(0.01):
+            n += 1
+            body = orjson.dumps({"type": "like", "user_id": f"w{n}", "product_ids": [f"w-{n}"]})
+            store.accept([Incoming(None, [body], source="segment")], 3600)
+
+    with FakeMiso(api_key="k") as miso:
+        monkeypatch.setenv("ADAPTER_STORE", f"sqlite:///{tmp_path / 'adapter.db'}")
+        monkeypatch.setenv("MISO_API_URL", miso.url)
+        monkeypatch.setenv("MISO_API_KEY", "k")
+        traffic = threading.Thread(target=webhooks)
+        traffic.start()
+        try:
+            code = cli.main(["replay", "mixpanel", str(export.path)])
+            waiting = store.stats()["spool"]
+        finally:
+            stop.set()
+            traffic.join()
+        err = capsys.readouterr().err
+        assert "delivered: everything accepted has reached Miso" in err
+        assert code == 0, err[-2000:]
+        assert waiting > 0  # the service's newest records, not the replay's
+        others = [r for r in miso.records if (r.get("product_ids") or [""])[0].startswith("w-")]
+        mine = {record_key(r) for r in miso.records if r not in others}
+        assert mine == set(export.expected)
