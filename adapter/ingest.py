@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from adapter.sources import Source
     from adapter.sources.inputs import Input
 
-__all__ = ["CHUNK", "IngestResult", "Intake", "chunks", "ingest", "ingest_chunks"]
+__all__ = ["CHUNK", "SMALL_CHUNK", "IngestResult", "Intake", "chunks", "ingest", "ingest_chunks"]
 
 
 @dataclass
@@ -136,11 +136,15 @@ def ingest(
 
 # --------------------------------------------------------------------------- streams
 
-#: Events per transaction of a long input (a replayed file, an upload, an Export API day).
-#: One commit per 5,000: fewer fsyncs, and each commit writes a dedup-index page once
-#: for all its keys that land there. A commit then takes ~60 ms, which is also what a
-#: webhook arriving during it waits for the store at most.
+#: Events per transaction of a replay (files, an Export API day). One commit per 5,000:
+#: fewer fsyncs, and each commit writes a dedup-index page once for all its keys that land
+#: there. A commit then takes ~60 ms, which is also what a webhook arriving during it
+#: waits for the store at most.
 CHUNK = 5000
+#: Events per chunk where big transactions do not pay: an upload to the service (it runs
+#: in a web worker beside live webhooks, and each stored chunk is a step of the console's
+#: progress bar) and a dry run (it commits nothing; a chunk's events are what it holds).
+SMALL_CHUNK = 1000
 #: Unreadable inputs named one by one in an answer or on stderr; the rest only counted.
 SHOWN_ERRORS = 20
 

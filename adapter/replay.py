@@ -34,7 +34,7 @@ from adapter.activity import Activity
 from adapter.fingerprints import Fingerprints
 from adapter.forwarder import Forwarder, refusal
 from adapter.identity import Link, complete_ids
-from adapter.ingest import CHUNK, SHOWN_ERRORS, Intake, chunks, ingest_chunks
+from adapter.ingest import CHUNK, SHOWN_ERRORS, SMALL_CHUNK, Intake, chunks, ingest_chunks
 from adapter.mapping import Translator
 from adapter.sources import Source
 from adapter.sources.inputs import UNREADABLE, Input, InputFailed, open_path
@@ -52,10 +52,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("adapter.replay")
-#: Events per chunk of a dry run: it commits nothing, so it needs no large transactions,
-#: and a chunk's events (parsed rows, records) are what it holds in memory besides its
-#: dedup memory.
-PREVIEW_CHUNK = 1000
 
 MAX_SPOOL = 50_000  # records waiting for Miso before reading pauses (backpressure)
 REREADS = 5  # times a whole input cut off midway is read, in all, before the run stops
@@ -572,7 +568,7 @@ class _Run:
 
         with opened:
             # A dry run commits nothing: smaller chunks hold fewer events in memory.
-            size = PREVIEW_CHUNK if self.preview is not None else CHUNK
+            size = SMALL_CHUNK if self.preview is not None else CHUNK
             parts = chunks(self.source, opened, summary, skip=skip, report=self.report,
                            size=size)  # fmt: skip
             target = self.preview if self.preview is not None else self.store

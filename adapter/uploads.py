@@ -18,7 +18,7 @@ from flask import current_app, request
 
 from adapter import activity, reload
 from adapter.http import ApiError, count_ingest, persisting
-from adapter.ingest import IngestResult, Intake, chunks, ingest_chunks
+from adapter.ingest import SMALL_CHUNK, IngestResult, Intake, chunks, ingest_chunks
 from adapter.sources import Source, Window, make_source, translator_for
 from adapter.sources.inputs import UNREADABLE, InputError, open_body
 from adapter.store import StoreError, anonymous_in
@@ -95,7 +95,8 @@ def upload(source_name: str, *, progress: str | None = None) -> dict[str, Any]:
 
     try:
         with persisting(), opened:
-            ingest_chunks(store, translator, chunks(source, opened, intake), source=source.name,
+            parts = chunks(source, opened, intake, size=SMALL_CHUNK)
+            ingest_chunks(store, translator, parts, source=source.name,
                           dedup_ttl=current_app.config["DEDUP_HOURS"] * 3600,
                           result=intake.result, status=status, after=after)  # fmt: skip
     except InputError as exc:

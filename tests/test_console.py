@@ -20,7 +20,7 @@ import yaml
 from itsdangerous.timed import TimestampSigner
 
 from adapter import console, create_app
-from adapter.ingest import CHUNK
+from adapter.ingest import SMALL_CHUNK as CHUNK
 from adapter.sources import REGISTRY
 from adapter.store import Incoming
 
