@@ -89,7 +89,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
@@ -475,14 +475,23 @@ def export_api_row(ctx: Context) -> None:
         row.runs.append(measure)
 
 
-def offline(count: int, work: Run, base: Run) -> Measure:
-    """A subprocess row: ``count`` items over its time, beside its floor's."""
+class Timed(Protocol):
+    """What a measured run gives a row: its seconds and peak RSS."""
+
+    seconds: float
+    peak_mb: float
+
+
+def offline(count: int, work: Timed, base: Timed, *, by_rate: bool = False, **detail) -> Measure:
+    """A subprocess row: ``count`` items over its time, beside its floor's; the ratio is
+    time over the floor's time, or with ``by_rate`` rate over the floor's rate (for rows
+    where higher is better). ``detail`` adds to the run's JSON."""
     return Measure(
         rate=count / work.seconds,
         floor_rate=count / base.seconds,
-        ratio=work.seconds / base.seconds,
+        ratio=(base.seconds / work.seconds) if by_rate else (work.seconds / base.seconds),
         peak_mb=work.peak_mb,
-        detail={"seconds": work.seconds, "floor_seconds": base.seconds, "items": count},
+        detail={"seconds": work.seconds, "floor_seconds": base.seconds, "items": count, **detail},
     )
 
 
@@ -558,21 +567,9 @@ def drain_redis_row(ctx: Context) -> None:
                 f"filled in {one.filled:.1f}s ({ctx.redis})"
             )
         row.runs.append(
-            Measure(
-                rate=count / two.seconds,
-                floor_rate=count / one.seconds,
-                ratio=one.seconds / two.seconds,
-                peak_mb=two.peak_mb,
-                detail={
-                    "seconds": two.seconds,
-                    "floor_seconds": one.seconds,
-                    "items": count,
-                    "floor_peak_mb": one.peak_mb,
-                    "fill_seconds": [one.filled, two.filled],
-                    "record_bytes": one.average,
-                },
-            )
-        )
+            offline(count, two, one, by_rate=True, floor_peak_mb=one.peak_mb,
+                    fill_seconds=[one.filled, two.filled], record_bytes=one.average)
+        )  # fmt: skip
 
 
 def mixpanel_import_row(ctx: Context) -> float:
@@ -600,22 +597,11 @@ def mixpanel_import_row(ctx: Context) -> float:
             f"run {ours.seconds:.1f}s{source}"
         )
         row.runs.append(
-            Measure(
-                rate=lines / ours.seconds,
-                floor_rate=lines / theirs.seconds,
-                ratio=theirs.seconds / ours.seconds,
-                peak_mb=ours.peak_mb,
-                detail={
-                    "seconds": ours.seconds,
-                    "floor_seconds": theirs.seconds,
-                    "items": lines,
-                    "floor_peak_mb": theirs.peak_mb,
-                    "reused_dry_run": bool(reused),
-                    "records_written": number(ours.stderr, "records written"),
-                    "importer_version": importer.version,
-                },
-            )
-        )
+            offline(lines, ours, theirs, by_rate=True, floor_peak_mb=theirs.peak_mb,
+                    reused_dry_run=bool(reused),
+                    records_written=number(ours.stderr, "records written"),
+                    importer_version=importer.version)
+        )  # fmt: skip
     return reused
 
 
