@@ -35,33 +35,29 @@ class Fingerprints:
 
     def __contains__(self, number: int) -> bool:
         number = number or 1  # 0 marks an empty slot: 0 and 1 are one number here
-        slots, mask = self._slots, self._mask
-        index = number & mask
-        while True:
-            found = slots[index]
-            if found == number:
-                return True
-            if found == _EMPTY:
-                return False
-            index = (index + 1) & mask
+        return self._slots[self._slot(number)] == number
 
     def add(self, number: int) -> bool:
         """Add ``number``; True when it was not there yet."""
         number = number or 1
+        index = self._slot(number)
+        if self._slots[index] == number:
+            return False
+        self._slots[index] = number
+        self._used += 1
+        if self._used * 2 > self._mask:
+            self._grow()
+        return True
+
+    def _slot(self, number: int) -> int:
+        """The slot holding ``number``, else the empty one where it would go."""
         slots, mask = self._slots, self._mask
         index = number & mask
         while True:
             found = slots[index]
-            if found == number:
-                return False
-            if found == _EMPTY:
-                break
+            if found in (number, _EMPTY):
+                return index
             index = (index + 1) & mask
-        slots[index] = number
-        self._used += 1
-        if self._used * 2 > mask:
-            self._grow()
-        return True
 
     def _grow(self) -> None:
         old = self._slots
