@@ -119,6 +119,7 @@ class Normalizer:
             raise ValueError(f"a time offset is between -24 and 24 hours, not {time_offset:g}")
         self._offset = time_offset * 3600 if time_offset is not None else 0.0
         self._zone = ZoneInfo(timezone) if timezone else None
+        self._corrects = self._zone is not None or self._offset != 0  # local-time rows
         self._window = window if window else None
         # Which ids are anonymous is the store's knowledge (links from every source, run
         # and host): ``known_anonymous(ids)`` returns those of ``ids`` it holds as
@@ -156,11 +157,12 @@ class Normalizer:
                 if props.get("mp_original_distinct_id") not in (None, ""):
                     props = {**props, "distinct_id": props["mp_original_distinct_id"]}
         raw_time = props.get("time")
-        exported = self._epoch(raw_time, local_time=False)  # as exported, before correction
+        exported, numeric = _exported_epoch(raw_time)  # before any local-time correction
         if exported is None:
             # Miso would stamp it "now": wrong for history, so it is not sent.
             return None, "no valid time"
-        epoch = self._local(raw_time, exported) if local_time else exported
+        # Only a number can be a pre-2023 project's local time; ISO text is UTC already.
+        epoch = self._local(exported) if local_time and numeric and self._corrects else exported
         if epoch is None:
             return None, "no valid time"
         if self._window is not None and not self._window.holds(epoch):
@@ -182,24 +184,8 @@ class Normalizer:
 
     # -- time
 
-    def _epoch(self, raw: Any, local_time: bool = True) -> float | None:
-        """True UTC epoch seconds of a Mixpanel ``time`` (s or ms), local-time corrected."""
-        number = values.to_number(raw)
-        if number is None:
-            stamp = values.to_timestamp(raw)  # Data Pipelines may carry ISO text (UTC)
-            return datetime.fromisoformat(stamp).timestamp() if stamp else None
-        epoch = float(number) / 1000.0 if abs(number) > _MS_THRESHOLD else float(number)
-        if epoch <= 0:
-            return None
-        return self._local(raw, epoch) if local_time else epoch
-
-    def _local(self, raw: Any, epoch: float) -> float | None:
-        """``epoch`` (the exported ``raw`` time, in seconds) corrected from a pre-2023
-        project's local time; ISO text is UTC already."""
-        if self._zone is None and not self._offset:
-            return epoch
-        if values.to_number(raw) is None:  # ISO text (Data Pipelines): UTC already
-            return epoch
+    def _local(self, epoch: float) -> float | None:
+        """An exported epoch (seconds) corrected from a pre-2023 project's local time."""
         if self._zone is not None:
             # The number is local wall-clock time read as UTC: re-read it in the zone.
             try:
@@ -340,6 +326,17 @@ class Normalizer:
             digest_size=16,
         ).hexdigest()
         return f"mixpanel:{int(exported):010x}:{digest}"
+
+
+def _exported_epoch(raw: Any) -> tuple[float | None, bool]:
+    """(UTC epoch seconds of a Mixpanel ``time`` as exported, in s or ms, or None; whether
+    it was a number)."""
+    number = values.to_number(raw)
+    if number is None:
+        stamp = values.to_timestamp(raw)  # Data Pipelines may carry ISO text (UTC)
+        return (datetime.fromisoformat(stamp).timestamp() if stamp else None), False
+    epoch = float(number) / 1000.0 if abs(number) > _MS_THRESHOLD else float(number)
+    return (epoch if epoch > 0 else None), True
 
 
 def _anonymous_id(value: Any) -> str | None:
