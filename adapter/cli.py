@@ -627,17 +627,18 @@ def _mappings_check(args: argparse.Namespace) -> int:
 
 
 def _serve_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--bind", default="127.0.0.1:8000", help="HOST:PORT (default %(default)s)")
     from adapter.serve import THREADS, WORKERS
 
+    parser.add_argument("--bind", default="127.0.0.1:8000", help="HOST:PORT (default %(default)s)")
     parser.add_argument(
         "--workers",
         type=int,
         default=WORKERS,
         help="gunicorn worker processes (default %(default)s)",
     )
-    parser.add_argument("--threads", type=int, default=THREADS,
-                        help="threads per worker (default %(default)s)")  # fmt: skip
+    parser.add_argument(
+        "--threads", type=int, default=THREADS, help="threads per worker (default %(default)s)"
+    )
 
 
 def _logging() -> None:

@@ -273,7 +273,7 @@ class Preview:
 
     Given to :func:`~adapter.ingest.ingest` in place of the store, so a dry run takes the
     very path a replay takes. Dedup keys are remembered within the run as 64-bit hashes
-    (:class:`~adapter.fingerprints.Fingerprints`: about 16 bytes per distinct event)
+    (:class:`~adapter.fingerprints.Fingerprints`: about 17 bytes per distinct event)
     and, when ``store`` is given, looked up among its live keys, read-only. Each record
     gets the ids the forwarder would give it as it goes out
     (:func:`adapter.identity.complete_ids`), from the links this run has learned so far
