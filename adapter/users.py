@@ -52,7 +52,7 @@ from marshmallow import EXCLUDE, Schema, ValidationError, validates_schema
 from marshmallow import fields as mf
 
 from adapter import values
-from adapter.mapping import _compile_getter, _parse_path
+from adapter.mapping.paths import _compile_getter, _parse_path
 
 __all__ = [
     "ATTRIBUTE_FIELD",
