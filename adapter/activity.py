@@ -54,7 +54,7 @@ if TYPE_CHECKING:
     from flask import Flask
 
     from adapter.ingest import IngestResult
-    from adapter.store import Store
+    from adapter.store import Status
 
 __all__ = ["FLUSH_SECONDS", "MAX_UNCOVERED", "Activity", "current", "init_app", "overview"]
 
@@ -82,7 +82,7 @@ class Activity:
 
     def __init__(
         self,
-        store: Store,
+        store: Status,
         *,
         interval: float = FLUSH_SECONDS,
         clock: Callable[[], float] = time.time,
@@ -229,7 +229,7 @@ def _flush_now(ref: weakref.ref[Activity]) -> None:
 # --------------------------------------------------------------------------- reading
 
 
-def overview(store: Store, *, now: float | None = None) -> dict[str, Any]:
+def overview(store: Status, *, now: float | None = None) -> dict[str, Any]:
     """What the console shows, from the store's tallies of the last 24 hours.
 
     ``series``: 60 per-minute points per metric for the last hour (oldest first, the

@@ -36,7 +36,7 @@ from adapter.mapping import Translator
 from adapter.sources import Source
 from adapter.sources.jsonvalues import ReadError
 from adapter.sources.kafka import KafkaSettings, message_items
-from adapter.store import Store, StoreError
+from adapter.store import Status, Store, StoreError
 
 __all__ = [
     "CHUNK",
@@ -59,7 +59,7 @@ def member_status_name(group: str, member: str) -> str:
     return f"kafka:{group}:{member}"
 
 
-def group_status(store: Store, group: str) -> list[dict[str, Any]]:
+def group_status(store: Status, group: str) -> list[dict[str, Any]]:
     """The live members' states of a consumer group (what /readyz, /metrics, the console show)."""
     members = (store.get_status(f"kafka:{group}") or {}).get("members", {})
     now = time.time()
@@ -73,7 +73,7 @@ def group_status(store: Store, group: str) -> list[dict[str, Any]]:
     return out
 
 
-def configured_members(store: Store) -> tuple[str, list[dict[str, Any]]]:
+def configured_members(store: Status) -> tuple[str, list[dict[str, Any]]]:
     """``KAFKA_GROUP`` and the live members of it (none when no group is set)."""
     group = os.environ.get("KAFKA_GROUP", "").strip()
     return group, group_status(store, group) if group else []

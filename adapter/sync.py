@@ -32,7 +32,7 @@ from adapter.mapping import Translator
 from adapter.replay import ReplaySummary, Sender, replay
 from adapter.sources import Source
 from adapter.sources.mixpanel_api import ExportClient, ExportRange, day_ranges
-from adapter.store import Store, StoreError
+from adapter.store import Status, Store, StoreError
 
 __all__ = ["Sync", "check_cadence", "configured_status", "status_name"]
 
@@ -46,7 +46,7 @@ def status_name(project_id: str) -> str:
     return f"mixpanel-sync:{project_id}"
 
 
-def configured_status(store: Store) -> tuple[str, dict[str, Any] | None]:
+def configured_status(store: Status) -> tuple[str, dict[str, Any] | None]:
     """``MIXPANEL_PROJECT_ID`` and its sync's status in ``store`` (None: none ran yet, or no
     project is set). What /readyz, /metrics and the console show."""
     project = os.environ.get("MIXPANEL_PROJECT_ID", "").strip()
