@@ -5,7 +5,7 @@
 Rows (NAME for --only), all on data generated here, deterministically:
 
 * ``dry-run``: ``miso-adapter replay mixpanel --dry-run --output /dev/null`` of a
-  1,000,000-line export (``bench/mixpanel_export.py``), one process, deduplicating within
+  1,000,000-line export (``adapter/testing/mixpanel_export.py``), one process, deduplicating within
   the run as a replay does (no store to consult), with the scaling
   curve (the same at 10,000 and 100,000 lines: events/s and peak RSS); floor: orjson
   parse + build a minimal record + serialise of each line (``bench/replay.py``);
@@ -19,7 +19,7 @@ Rows (NAME for --only), all on data generated here, deterministically:
   written as a file, the same way, in the same run. No target: the row shows the rate
   beside the file replay's;
 * ``segment-dry-run``: ``miso-adapter replay segment --dry-run --output /dev/null`` of one
-  plain JSON Lines file of 1,000,000 Segment messages (``bench/segment_archive.py``: the
+  plain JSON Lines file of 1,000,000 Segment messages (``adapter/testing/segment_archive.py``: the
   lines of a web, iOS and backend S3 archive, 2% redelivered), one process; floor: orjson
   parse + build a minimal record + serialise of each line (``bench/replay.py``);
 * ``webhook``: ``miso-adapter serve --workers 2`` taking signed single-message Segment

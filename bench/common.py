@@ -20,6 +20,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from adapter.testing.service import clean_env
+
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 MISO_KEY = "bench-key"
@@ -110,17 +112,6 @@ def run(command: Sequence[str], env: dict[str, str] | None = None, cwd: Path | N
         raise BenchError(f"could not run {command[0]}: {stderr[-2000:]}")
     seconds, max_kib = measured.split()
     return Run(float(seconds), int(max_kib) / 1024, process.returncode, stdout, stderr)
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    """This environment without the adapter's settings (a developer's shell may set some)."""
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("MISO_", "SEGMENT_", "ADAPTER_", "MAPPINGS_"))
-    }
-    env.update(extra)
-    return env
 
 
 def cli(*args: str | Path) -> list[str]:

@@ -3,7 +3,7 @@
 
     python bench/export_api.py [--rows 200000] [--seed 20240301] [--runs 1]
 
-Generates a deterministic Mixpanel raw export with ``bench/mixpanel_export.py`` (the
+Generates a deterministic Mixpanel raw export with ``adapter/testing/mixpanel_export.py`` (the
 generator of the ``dry-run`` and ``replay`` rows: mixpanel-js and server-side rows,
 identity rows, autocapture, hot shards, 2% duplicate lines), spread over the 7 days that
 end now: the generator draws the times over 7 whole UTC days ending at today's midnight,
@@ -58,7 +58,8 @@ from common import (  # noqa: E402
     number,
     run,
 )
-from mixpanel_export import write_export  # noqa: E402
+
+from adapter.testing.mixpanel_export import write_export  # noqa: E402
 
 if TYPE_CHECKING:
     from adapter.testing import FakeMixpanel
@@ -125,8 +126,7 @@ def _replay(label: str, argv: list[str | Path], miso: CountingMiso, **extra: str
     """One replay into a fresh store and ``miso``; checks that it delivered what it accepted."""
     with tempfile.TemporaryDirectory(prefix="bench-export-api-") as tmp:
         miso.zero()
-        env = {k: v for k, v in clean_env().items() if not k.startswith("MIXPANEL_")}
-        env.update(
+        env = clean_env(
             MISO_API_URL=miso.url,
             MISO_API_KEY=MISO_KEY,
             ADAPTER_STORE=f"sqlite:///{Path(tmp).resolve()}/adapter.db",

@@ -3,7 +3,7 @@ confluent-kafka consumer reading the same topic.
 
     python bench/kafka.py [--messages 200000] [--partitions 3] [--seed 20240301] [--runs 1]
 
-Generates the Segment messages of ``bench/segment_archive.py`` (web, iOS and backend
+Generates the Segment messages of ``adapter/testing/segment_archive.py`` (web, iOS and backend
 messages, 2% of them redelivered by Segment: the lines of the ``segment-dry-run`` row's
 file), starts a Tansu broker (``adapter.testing.TansuBroker``: the Kafka protocol, in
 memory, on loopback) and produces them, one message a line, keyed by user
@@ -53,7 +53,8 @@ sys.path.insert(0, str(BENCH))
 sys.path.insert(1, str(BENCH.parent))
 
 from common import BenchError, check, clean_env, cli, median, run  # noqa: E402
-from segment_archive import write_jsonl  # noqa: E402
+
+from adapter.testing.segment_archive import write_jsonl  # noqa: E402
 
 TOPIC = "segment-events"
 PARTITIONS = 3

@@ -14,8 +14,9 @@ here: install it once with ``npm install --prefix bench/.peers mixpanel-import@3
 ``index.js`` (run with ``node``). Without it, ``python -m bench`` skips the row, saying how
 to install it, and its exit status is unaffected; an importer that fails is an error.
 
-Generates the export of the ``dry-run`` row (``bench/mixpanel_export.py``, same seed) unless
---file is given, then runs, each as its own subprocess on the same file, one after the other:
+Generates the export of the ``dry-run`` row (``adapter/testing/mixpanel_export.py``, same
+seed) unless --file is given, then runs, each as its own subprocess on the same file, one after
+the other:
 
 * ours: ``miso-adapter replay mixpanel FILE --dry-run --output /dev/null``;
 * the importer: ``mixpanel-import FILE --dry-run --dedupe --logs false`` in an empty

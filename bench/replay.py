@@ -3,7 +3,7 @@
     python bench/replay.py [--lines 1000000] [--seed 20240301] [--file export.jsonl] [--runs 1]
                            [--segment-messages N]
 
-Generates a deterministic Mixpanel raw export with ``bench/mixpanel_export.py`` (unless
+Generates a deterministic Mixpanel raw export with ``adapter/testing/mixpanel_export.py`` (unless
 --file is given; about 1 KB a line, 90 days, mixpanel-js and server-side rows, identity
 rows, autocapture, hot shards, 2% duplicate lines), then runs, each as its own
 subprocess on the same file, one after the other:
@@ -28,7 +28,7 @@ the replay, as a real network would not.
 
 With ``--segment-messages N`` it also measures ``miso-adapter replay segment --dry-run
 --output /dev/null`` on a plain JSON Lines file of N Segment messages from
-``bench/segment_archive.py`` (the lines of its S3 archive, 2% redelivered), beside its
+``adapter/testing/segment_archive.py`` (the lines of its S3 archive, 2% redelivered), beside its
 own floor: read each line, ``orjson.loads`` it, build a minimal Miso-like record (type
 from ``event``, else ``type``; ``user_id``/``anonymous_id`` from ``userId``/``anonymousId``;
 ``timestamp`` parsed and written back as ISO 8601 with milliseconds; ``product_ids`` from
@@ -65,8 +65,9 @@ from common import (  # noqa: E402
     number,
     run,
 )
-from mixpanel_export import write_export  # noqa: E402
-from segment_archive import write_jsonl  # noqa: E402
+
+from adapter.testing.mixpanel_export import write_export  # noqa: E402
+from adapter.testing.segment_archive import write_jsonl  # noqa: E402
 
 
 def floor_record(row: dict[str, Any]) -> dict[str, Any]:

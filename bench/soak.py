@@ -11,7 +11,7 @@ the forwarder, its own process group, a fresh SQLite store), then sends:
   with a unique product id ``s-<n>``. A client retries the same body (same ``messageId``)
   until it gets a 200, as Segment does, so an event counts as *acknowledged* on its 200;
 * one ``miso-adapter replay mixpanel`` subprocess of a generated export
-  (``bench/mixpanel_export.py``: unique tags ``p-<n>``, ``q-<n>``, ``h-<n>``; its events
+  (``adapter/testing/mixpanel_export.py``: unique tags ``p-<n>``, ``q-<n>``, ``h-<n>``; its events
   count as acknowledged when the replay exits 0: it stores before it returns).
 
 while a fault schedule (printed at the start, each fault logged with its time) runs over
@@ -35,7 +35,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -50,12 +49,10 @@ from pathlib import Path
 import orjson
 import requests
 
-BENCH = Path(__file__).resolve().parent
-sys.path.insert(0, str(BENCH))
-
-from mixpanel_export import record_key, write_export  # noqa: E402
-
-from adapter.testing import FakeMiso, RequestLog  # noqa: E402
+from adapter.testing import FakeMiso, RequestLog
+from adapter.testing.mixpanel_export import record_key, write_export
+from adapter.testing.ports import free_port
+from adapter.testing.service import clean_env
 
 SECRET = "soak-shared-secret"
 MISO_KEY = "soak-miso-key"
@@ -63,28 +60,18 @@ DRAIN_SECONDS = 60.0
 KILL_WINDOW = 2.0  # a duplicate "coincides" with a kill when first delivered this close before it
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def log(t0: float, text: str) -> None:
     print(f"[{time.monotonic() - t0:7.1f}s] {text}", flush=True)
 
 
 class Service:
-    """``miso-adapter serve`` in its own process group (as tests/test_service.py does)."""
+    """``miso-adapter serve`` in its own process group (as ``adapter.testing.service`` runs it)."""
 
     def __init__(self, folder: Path, miso: FakeMiso) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = folder / "service.log"
-        self.env = {
-            k: v for k, v in os.environ.items()
-            if not k.startswith(("MISO_", "SEGMENT_", "ADAPTER_", "MAPPINGS_"))
-        }  # fmt: skip
-        self.env.update(
+        self.env = clean_env(
             MISO_API_URL=miso.url,
             MISO_API_KEY=MISO_KEY,
             ADAPTER_STORE=f"sqlite:///{folder}/adapter.db",

@@ -81,7 +81,6 @@ import random
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -99,6 +98,8 @@ sys.path.insert(0, str(BENCH))
 sys.path.insert(1, str(ROOT))
 
 from common import BenchError, CountingMiso  # noqa: E402
+
+from adapter.testing.ports import free_port  # noqa: E402
 
 LUA = BENCH / "wrk_requests.lua"
 SECRET = "bench-segment-shared-secret"
@@ -233,12 +234,6 @@ def write_batches(heads: Path, rest: Path, count: int, batch: int, secret: str) 
 
 
 # --------------------------------------------------------------------------- processes
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class Group:

@@ -3,10 +3,17 @@
 Every record any test produces through a translator is checked against Miso's own
 JSON Schema (vendored from Miso's OpenAPI document), so the whole suite proves
 the invariant "we only ever emit records Miso accepts".
+
+The stores: ``store`` runs a test once per backend (``test_x[sqlite]``, ``test_x[redis]``);
+``sqlite_store`` and ``redis_store`` are one backend's. The Redis ones need the test Redis
+(``redis_client``), each with a key prefix of its own, deleted afterwards.
 """
 
 from __future__ import annotations
 
+import contextlib
+import uuid
+from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
 
@@ -15,6 +22,9 @@ import pytest
 from jsonschema import Draft202012Validator, FormatChecker
 
 from adapter import mapping, records
+from adapter.store import open_store
+from adapter.store.sqlite import SqliteStore
+from adapter.testing.stores import REDIS, require_redis
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -66,3 +76,53 @@ def _every_record_is_valid_for_miso(monkeypatch, miso_validator):
 def segment_translator() -> mapping.Translator:
     """The shipped default Segment mapping table."""
     return mapping.load_mapping(ROOT / "mappings" / "segment.yaml")
+
+
+@pytest.fixture(scope="session")
+def redis_client():
+    """A client of the test Redis at 127.0.0.1:6379. When none answers, the Redis tests
+    skip, saying why; with ``MISO_ADAPTER_REQUIRE_REDIS=1`` (as ``.ci/run`` sets) they fail
+    with that reason instead."""
+    client = require_redis(REDIS)
+    yield client
+    client.close()
+
+
+@contextlib.contextmanager
+def _redis_store(client) -> Iterator:
+    """A Redis store with a key prefix of its own; its keys are deleted afterwards."""
+    prefix = f"test-store-{uuid.uuid4().hex[:12]}:"
+    s = open_store(f"{REDIS}?prefix={prefix}")
+    try:
+        yield s
+    finally:
+        s.close()
+        for key in client.scan_iter(match=f"{prefix}*", count=1000):
+            client.delete(key)
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def store(request, tmp_path):
+    """A fresh store of each backend: a SQLite file in a temporary folder, a Redis prefix."""
+    if request.param == "sqlite":
+        s = SqliteStore(tmp_path / "var" / "adapter.db")
+        yield s
+        s.close()
+    else:
+        with _redis_store(request.getfixturevalue("redis_client")) as s:
+            yield s
+
+
+@pytest.fixture
+def sqlite_store(tmp_path):
+    """A fresh SQLite store in a temporary folder."""
+    s = SqliteStore(tmp_path / "var" / "adapter.db")
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def redis_store(redis_client):
+    """A fresh Redis store (a key prefix of its own)."""
+    with _redis_store(redis_client) as s:
+        yield s

@@ -15,7 +15,6 @@ from typing import ClassVar
 
 import orjson
 import pytest
-import test_store
 import yaml
 from itsdangerous.timed import TimestampSigner
 
@@ -23,8 +22,6 @@ from adapter import console, create_app
 from adapter.ingest import SMALL_CHUNK as CHUNK
 from adapter.sources import REGISTRY
 from adapter.store import Incoming
-
-redis_client = test_store.redis_client  # the test Redis (skips, saying why, without one)
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "console-token-5d2b"

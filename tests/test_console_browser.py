@@ -27,10 +27,10 @@ from pathlib import Path
 import orjson
 import pytest
 import requests
-from test_metrics import parse
-from test_service import MISO_KEY, Service
 
 from adapter.testing import FakeMiso
+from adapter.testing.prometheus import parse
+from adapter.testing.service import MISO_KEY, Service
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ROOT = Path(__file__).resolve().parent.parent

@@ -1,7 +1,7 @@
 """Mapping coverage (adapter/coverage.py): what a table maps, skips and misses in a real file.
 
 Inputs are realistic: the analytics.js session in ``examples/segment-events.jsonl`` (and
-variations of its messages), and Mixpanel raw exports from ``bench/mixpanel_export.py``.
+variations of its messages), and Mixpanel raw exports from ``adapter/testing/mixpanel_export.py``.
 Every rule stub the report suggests is pasted into a copy of the shipped table, which must
 load and then report the key as mapped.
 """
@@ -35,14 +35,12 @@ from adapter.coverage import (
     yaml_scalar,
 )
 from adapter.mapping import Translator, load_mapping, load_mapping_text
+from adapter.testing.mixpanel_export import write_export
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "segment-events.jsonl"
 SEGMENT_TABLE = ROOT / "mappings" / "segment.yaml"
 MIXPANEL_TABLE = ROOT / "mappings" / "mixpanel.yaml"
-
-sys.path.append(str(ROOT / "bench"))
-from mixpanel_export import write_export  # noqa: E402
 
 IDENTITY = "identity call, not an interaction"
 

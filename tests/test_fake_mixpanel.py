@@ -6,7 +6,6 @@ import base64
 import gzip
 import http.client
 import json
-import socket
 import subprocess
 import sys
 import threading
@@ -17,6 +16,7 @@ import pytest
 import requests
 
 from adapter.testing import EXPORT_PATH, GZIP_MIN_BYTES, TERMINATED_EARLY, FakeMixpanel
+from adapter.testing.ports import free_port
 
 USER, SECRET, PROJECT = "svc-user", "svc-secret-123", 4242
 DAY = 86_400
@@ -101,13 +101,6 @@ def raw_get(
             return response, cut
     finally:
         connection.close()
-
-
-def free_port() -> int:
-    """A TCP port that was free on loopback a moment ago."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 # ------------------------------------------------------------------------ answers

@@ -20,7 +20,6 @@ from adapter.mapping import default_mappings_dir, load_mapping
 from adapter.miso import MisoClient
 from adapter.testing import USERS_PATH, FakeMiso
 from adapter.users import UsersTables
-from tests.test_store import redis_client, store  # noqa: F401 - fixtures
 
 FAST = ForwarderSettings(
     backoff_base=0.01, backoff_cap=0.05, pause_interval=0.2, lease=5, task_check=0.05
@@ -29,7 +28,7 @@ SEGMENT = load_mapping(default_mappings_dir() / "segment.yaml")
 
 
 @pytest.fixture(autouse=True)
-def _uploads_ready_at_once(store):  # noqa: F811
+def _uploads_ready_at_once(store):
     """Uploads are ready as soon as they are queued (the store's wait is tested apart)."""
     store.upload_delay = 0.0
 
@@ -40,7 +39,7 @@ def miso():
         yield fake
 
 
-def send(store, *messages: dict):  # noqa: F811
+def send(store, *messages: dict):
     """Segment messages through the default table into the store, as ``POST /segment``."""
     events = [(f"segment:{m.setdefault('messageId', uuid.uuid4().hex)}", m) for m in messages]
     return ingest(store, SEGMENT, events, source="segment", dedup_ttl=3600)
@@ -59,7 +58,7 @@ def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime())
 
 
-def forwarder(store, miso, settings=FAST, folder: Path | None = None) -> Forwarder:  # noqa: F811
+def forwarder(store, miso, settings=FAST, folder: Path | None = None) -> Forwarder:
     tables = UsersTables(folder or default_mappings_dir())
     client = MisoClient(miso.url, "good-key", timeout=(2, 5))
     return Forwarder(store, client, settings, users=tables)
@@ -73,14 +72,14 @@ def run(fwd: Forwarder, until, timeout: float = 10.0) -> None:
             time.sleep(0.01)
 
 
-def settled(store) -> bool:  # noqa: F811
+def settled(store) -> bool:
     return store.stats()["spool"] == 0
 
 
 ADDRESS = {"street": "1 Rue X", "city": "Paris", "state": "IDF", "country": "FR"}
 
 
-def test_partial_identifies_make_one_whole_record(store, miso):  # noqa: F811
+def test_partial_identifies_make_one_whole_record(store, miso):
     """identify(name, address, e-mail, phone) then identify(age): Miso's record has
     name, city, state, country and age; never the e-mail, phone or street."""
     send(store, identify("U", name="Ada Lovelace", address=ADDRESS, email="a@x.io", phone="+33 1"))
@@ -100,7 +99,7 @@ def test_partial_identifies_make_one_whole_record(store, miso):  # noqa: F811
     assert not any(k in str(miso.user_uploads) for k in ("a@x.io", "+33 1", "1 Rue X"))
 
 
-def test_group_call_sets_group_id_and_anonymous_traits_join_the_user(store, miso):  # noqa: F811
+def test_group_call_sets_group_id_and_anonymous_traits_join_the_user(store, miso):
     """group(U, G) gives group_id G; identify(anonymous A, name) then identify(U, A, age)
     gives U both; the anonymous profile alone is never uploaded."""
     send(store, {"type": "group", "userId": "U", "groupId": "acct-7", "timestamp": _now()})
@@ -119,7 +118,7 @@ def test_group_call_sets_group_id_and_anonymous_traits_join_the_user(store, miso
     assert all(r["user_id"] != "A" for upload in miso.user_uploads for r in upload)
 
 
-def test_many_identifies_become_small_batches_one_record_per_user(store, miso):  # noqa: F811
+def test_many_identifies_become_small_batches_one_record_per_user(store, miso):
     """300 identifies for 60 users: uploads of at most 100 records, no user twice in one
     upload, and each user's last traits win."""
     messages = [
@@ -142,7 +141,7 @@ def test_many_identifies_become_small_batches_one_record_per_user(store, miso): 
     assert sum(len(u) for u in miso.user_uploads) == 60
 
 
-def test_delete_removes_the_user_from_miso_and_nothing_brings_them_back(store, miso):  # noqa: F811
+def test_delete_removes_the_user_from_miso_and_nothing_brings_them_back(store, miso):
     """delete(U): Miso deletes U's interactions and user record; a late identify older
     than the deletion and later upload rounds do not revive U."""
     send(store, identify("U", name="Ada"), identify("V", name="Bob"))
@@ -162,7 +161,7 @@ def test_delete_removes_the_user_from_miso_and_nothing_brings_them_back(store, m
     assert store.profile_of("U") is None
 
 
-def test_a_refused_record_is_dead_lettered_and_the_others_uploaded(store, miso):  # noqa: F811
+def test_a_refused_record_is_dead_lettered_and_the_others_uploaded(store, miso):
     """A 422 naming one record dead-letters that user with Miso's words; the others of
     the batch are sent again at once."""
     send(store, identify("u1", name="One"), identify("u2", name="Two"))
@@ -178,7 +177,7 @@ def test_a_refused_record_is_dead_lettered_and_the_others_uploaded(store, miso):
     run(fwd, lambda: settled(store) and "u2" in miso.users)
 
 
-def test_an_unavailable_miso_is_retried(store, miso):  # noqa: F811
+def test_an_unavailable_miso_is_retried(store, miso):
     """A 503 and a dropped connection are retried with backoff until Miso takes them."""
     send(store, identify("u1", name="One"))
     miso.fail_next(503, path=USERS_PATH)
@@ -188,7 +187,7 @@ def test_an_unavailable_miso_is_retried(store, miso):  # noqa: F811
     assert store.dead_letters() == []
 
 
-def test_a_failed_task_dead_letters_its_users_with_misos_words(store, miso):  # noqa: F811
+def test_a_failed_task_dead_letters_its_users_with_misos_words(store, miso):
     """Miso accepts an upload, then its task fails: the task is checked and the users it
     names are dead-lettered with Miso's words (all of the upload's when it names none)."""
     send(store, identify("u1", name="One"), identify("u2", name="Two"))
@@ -205,7 +204,7 @@ def test_a_failed_task_dead_letters_its_users_with_misos_words(store, miso):  # 
     assert "the whole task failed" in store.dead_letters()[1].reason
 
 
-def test_a_pending_task_is_checked_again_until_it_ends(store, miso):  # noqa: F811
+def test_a_pending_task_is_checked_again_until_it_ends(store, miso):
     """A task still pending is looked at again later; once it succeeds, nothing is left."""
     send(store, identify("u1", name="One"))
     miso.hold_next_task()
@@ -222,7 +221,7 @@ def test_a_pending_task_is_checked_again_until_it_ends(store, miso):  # noqa: F8
     assert miso.users["u1"]["name"] == "One" and store.dead_letters() == []
 
 
-def test_a_table_edit_reaches_the_next_upload(store, miso, tmp_path):  # noqa: F811
+def test_a_table_edit_reaches_the_next_upload(store, miso, tmp_path):
     """The forwarder reads the users: section when it changes: an attribute added to
     the table is in the next upload, without a restart."""
     folder = tmp_path / "mappings"
@@ -241,7 +240,7 @@ def test_a_table_edit_reaches_the_next_upload(store, miso, tmp_path):  # noqa: F
     assert miso.users["u1"]["custom_attributes"] == {"favourite": "tea"}
 
 
-def test_a_profile_no_table_maps_is_dead_lettered_saying_why(store, miso, tmp_path):  # noqa: F811
+def test_a_profile_no_table_maps_is_dead_lettered_saying_why(store, miso, tmp_path):
     """A profile whose table has no users: section, or whose id Miso refuses ('_x'), is
     not sent: it is dead-lettered with the reason, and the others are uploaded."""
     folder = tmp_path / "mappings"

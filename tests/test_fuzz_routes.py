@@ -20,11 +20,11 @@ from urllib.parse import urlencode
 
 import orjson
 import pytest
-import test_translate_properties as props
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from adapter import create_app
+from adapter.testing import strategies as props
 
 SECRET = "fuzz-secret"
 WRITE_KEY = "wk-fuzz"

@@ -8,7 +8,6 @@ test checks the records the fake Miso actually received over HTTP.
 
 from __future__ import annotations
 
-import sys
 import time
 import uuid
 from collections.abc import Callable
@@ -19,9 +18,7 @@ import pytest
 
 from adapter.store import open_store
 from adapter.testing import FakeMiso, RequestLog
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_service import MISO_KEY, Service, message
+from adapter.testing.service import MISO_KEY, Service, message
 
 #: Every record the fake Miso accepted in this module, whatever the test (none may ever be
 #: sent without an id).

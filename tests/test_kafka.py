@@ -6,9 +6,9 @@ topics, consumer groups and store. The command runs as a user runs it, in a subp
 with a clean environment and in its own process group (it and its forwarder child), and
 what the fake Miso received is compared with what was produced: each record once.
 
-The Segment messages come from ``bench/segment_archive.py`` (web, iOS and backend
+The Segment messages come from ``adapter/testing/segment_archive.py`` (web, iOS and backend
 messages, 2% of them sent twice by Segment), each message that maps to a record tagged
-``s-<n>``; the Mixpanel rows from ``bench/mixpanel_export.py`` (2% duplicate lines),
+``s-<n>``; the Mixpanel rows from ``adapter/testing/mixpanel_export.py`` (2% duplicate lines),
 tagged ``p-``/``q-``/``h-<n>``. Messages are keyed by user, as a tracking pipeline keys
 them, so each user's messages keep their order within a partition.
 
@@ -24,7 +24,6 @@ import os
 import random
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -35,15 +34,13 @@ from pathlib import Path
 
 import orjson
 import pytest
-import requests
 
 from adapter.consume import group_status
 from adapter.store import StoreError, open_store
-from adapter.testing import FakeMiso, TansuBroker
-
-sys.path.append(str(Path(__file__).resolve().parent.parent / "bench"))
-import mixpanel_export
-import segment_archive
+from adapter.testing import FakeMiso, TansuBroker, mixpanel_export, segment_archive
+from adapter.testing.ports import closed_port
+from adapter.testing.service import Service as RunningService
+from adapter.testing.service import clean_env
 
 MISO_KEY = "miso-kafka-key"
 
@@ -60,14 +57,6 @@ SEGMENT_MALFORMED: list[bytes | None] = [
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def _clean_env() -> dict[str, str]:
-    return {
-        k: v for k, v in os.environ.items()
-        if not k.startswith(("MISO_", "SEGMENT_", "ADAPTER_", "MAPPINGS_", "KAFKA_",
-                             "MIXPANEL_"))
-    }  # fmt: skip
 
 
 def wait_until(
@@ -132,8 +121,7 @@ class Consume:
         self.folder = folder
         self.kafka = kafka
         self.store_url = f"sqlite:///{folder}/adapter.db"  # folder is absolute: 4 slashes
-        self.env = _clean_env()
-        self.env.update(
+        self.env = clean_env(
             MISO_API_URL=miso.url,
             MISO_API_KEY=MISO_KEY,
             ADAPTER_STORE=self.store_url,
@@ -350,15 +338,9 @@ class Unreachable:
     """`consume kafka` pointed at two closed ports; a thread notes when it exits."""
 
     def __init__(self, folder: Path) -> None:
-        ports = []
-        for _ in range(2):
-            with socket.socket() as s:
-                s.bind(("127.0.0.1", 0))
-                ports.append(s.getsockname()[1])
-        self.servers = ",".join(f"127.0.0.1:{port}" for port in ports)
-        env = _clean_env()
-        env.update(ADAPTER_STORE=f"sqlite:///{folder}/adapter.db", MISO_API_KEY=MISO_KEY,
-                   MISO_API_URL="http://127.0.0.1:9")  # fmt: skip
+        self.servers = ",".join(f"127.0.0.1:{closed_port()}" for _ in range(2))
+        env = clean_env(ADAPTER_STORE=f"sqlite:///{folder}/adapter.db", MISO_API_KEY=MISO_KEY,
+                        MISO_API_URL="http://127.0.0.1:9")  # fmt: skip
         self.log = folder / "consume.log"
         self.ended: float | None = None
         with self.log.open("wb") as out:
@@ -635,63 +617,15 @@ def test_dead_letter_topic_receives_the_malformed_values(cli, miso, kafka, tmp_p
 # --------------------------------------------------------------------------- serve
 
 
-class Service:
-    """`miso-adapter serve` with KAFKA_* set, in its own process group, log kept."""
+class Service(RunningService):
+    """`miso-adapter serve` with KAFKA_* set, one worker, in its own process group, log kept."""
 
     def __init__(self, folder: Path, miso: FakeMiso, kafka_env: dict[str, str]) -> None:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = folder / "service.log"
-        self.store_url = f"sqlite:///{folder}/adapter.db"
-        self.env = _clean_env()
-        self.env.update(
-            MISO_API_URL=miso.url,
-            MISO_API_KEY=MISO_KEY,
-            ADAPTER_STORE=self.store_url,
-            ADAPTER_BACKOFF_BASE="0.05",
-            ADAPTER_BACKOFF_CAP="0.2",
-            **kafka_env,
-        )
-        self.process: subprocess.Popen | None = None
-
-    def __enter__(self) -> Service:
-        with self.log.open("ab") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "adapter.cli", "serve", "--bind", f"127.0.0.1:{self.port}",
-                 "--workers", "1"],
-                env=self.env, stdout=log, stderr=log, start_new_session=True,
-            )  # fmt: skip
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            with contextlib.suppress(requests.RequestException):
-                if requests.get(f"{self.url}/healthz", timeout=1).status_code == 200:
-                    return self
-            assert self.process.poll() is None, f"service died:\n{self.tail()}"
-            time.sleep(0.1)
-        self.__exit__()
-        raise AssertionError(f"service did not start:\n{self.tail()}")
-
-    def __exit__(self, *exc_info: object) -> None:
-        if self.process is None:
-            return
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
-        with contextlib.suppress(ProcessLookupError):  # nothing of it may outlive it
-            os.killpg(self.process.pid, signal.SIGKILL)
-
-    def tail(self) -> str:
-        return self.log.read_text(errors="replace")[-4000:] if self.log.exists() else ""
+        super().__init__(folder, miso, miso_key=MISO_KEY, workers=1, env=kafka_env)
 
     def members(self, group: str) -> list[dict]:
         try:
-            store = open_store(self.store_url, readonly=True)
+            store = open_store(self.env["ADAPTER_STORE"], readonly=True)
         except StoreError:
             return []
         try:

@@ -142,9 +142,8 @@ def test_a_real_service_logs_json_lines_with_its_events(tmp_path):
     """serve's whole log is JSON lines: start, children, a Miso error; no secret in it."""
     import time
 
-    from test_service import MISO_KEY, SECRET, WRITE_KEY, Service, message
-
     from adapter.testing import FakeMiso
+    from adapter.testing.service import MISO_KEY, SECRET, WRITE_KEY, Service, message
 
     with FakeMiso(api_key=MISO_KEY) as miso:
         service = Service(tmp_path, miso).start()
@@ -170,9 +169,8 @@ def test_a_real_service_logs_json_lines_with_its_events(tmp_path):
 @pytest.mark.parametrize("setting", [None, "json"])
 def test_a_service_on_a_terminal_logs_one_format_throughout(tmp_path, setting):
     """serve on a terminal: supervisor, gunicorn, forwarder all write text (JSON when set)."""
-    from test_service import Service
-
     from adapter.testing import FakeMiso
+    from adapter.testing.service import Service
 
     chunks: list[bytes] = []
 

@@ -15,7 +15,6 @@ import orjson
 import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
-from test_service import MISO_KEY, Service, message
 
 from adapter import create_app, metrics
 from adapter.forwarder import Forwarder, ForwarderSettings
@@ -23,6 +22,8 @@ from adapter.miso import MisoClient
 from adapter.reload import MappingWatcher
 from adapter.store import Incoming
 from adapter.testing import FakeMiso
+from adapter.testing.prometheus import parse
+from adapter.testing.service import MISO_KEY, Service, message
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "metrics-token"
@@ -48,15 +49,6 @@ def app(tmp_path):
 @pytest.fixture
 def client(app):
     return app.test_client()
-
-
-def parse(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    """Every sample of an exposition: (name, sorted labels) → value."""
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
 
 
 def value(samples: dict, name: str, **labels: str) -> float:

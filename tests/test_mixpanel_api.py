@@ -25,6 +25,8 @@ from adapter.ingest import CHUNK
 from adapter.sources.mixpanel_api import Budget, ExportSettings, day_ranges
 from adapter.store import open_store
 from adapter.testing import FakeMiso, FakeMixpanel
+from adapter.testing.service import clean_env
+from adapter.testing.stores import require_redis
 
 MISO_KEY = "miso-export-key"
 USER, SECRET, PROJECT = "svc.puller", "s3cr3t-d0-n0t-print", "4242"
@@ -117,11 +119,7 @@ class Cli:
 
     def __init__(self, folder: Path, miso: FakeMiso, mixpanel: FakeMixpanel, **extra: str) -> None:
         """``extra``: environment variables that replace the defaults."""
-        self.env = {
-            k: v for k, v in os.environ.items()
-            if not k.startswith(("MISO_", "SEGMENT_", "ADAPTER_", "MAPPINGS_", "MIXPANEL_"))
-        }  # fmt: skip
-        self.env.update(
+        self.env = clean_env(
             MISO_API_URL=miso.url,
             MISO_API_KEY=MISO_KEY,
             ADAPTER_STORE=f"sqlite:///{folder}/adapter.db",
@@ -295,12 +293,7 @@ def test_two_hosts_on_one_redis_store_take_turns(tmp_path, miso):
     import redis
 
     prefix = f"test-sync-{uuid.uuid4().hex[:8]}:"
-    try:
-        redis.Redis.from_url("redis://127.0.0.1:6379/0", socket_connect_timeout=2).ping()
-    except redis.RedisError as exc:
-        if os.environ.get("MISO_ADAPTER_REQUIRE_REDIS") == "1":
-            raise
-        pytest.skip(f"no Redis ({exc})")
+    require_redis("redis://127.0.0.1:6379/0").close()
     rows = rows_for(days_back(2), 200, "r")
     with FakeMixpanel(USER, SECRET, PROJECT, rows, per_second=None) as mixpanel:
         mixpanel.delay_next(2)  # the first cycle's first request is slow: the other waits
@@ -324,8 +317,7 @@ def test_two_hosts_on_one_redis_store_take_turns(tmp_path, miso):
 def test_serve_runs_the_sync_and_readyz_reports_a_failing_one(tmp_path, miso):
     """serve with MIXPANEL_SYNC=1 pulls and delivers; with a wrong secret, /readyz names the
     failing sync (and stays 200: the webhooks go on)."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from test_service import Service
+    from adapter.testing.service import Service
 
     rows = rows_for(days_back(1), 25, "sv")
     with FakeMixpanel(USER, SECRET, PROJECT, rows, per_second=None) as mixpanel:

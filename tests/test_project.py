@@ -138,6 +138,29 @@ def _shipped_files() -> list[Path]:
     return sorted(ROOT / name for name in listed.decode().split("\0") if name)
 
 
+def test_readme_layout_names_every_module():
+    """The README's layout table names every module of the package by its path, so a
+    newcomer finds where each job lives."""
+    layout = (ROOT / "README.md").read_text().split("## Layout", 1)[1].split("\n## ", 1)[0]
+    named = set(re.findall(r"`(adapter/[\w/]+\.py)`", layout))
+    modules = {p.relative_to(ROOT).as_posix() for p in (ROOT / "adapter").rglob("*.py")}
+    assert sorted(modules - named) == [], "modules missing from README.md § Layout"
+    assert sorted(named - modules) == [], "README.md § Layout names modules that do not exist"
+
+
+def test_docs_name_only_modules_that_exist():
+    """Every ``adapter/….py`` path the docs and mapping tables point at is a file."""
+    docs = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    docs += sorted(p for p in (ROOT / "mappings").rglob("*") if p.suffix in {".md", ".yaml"})
+    missing = []
+    for doc in docs:
+        for number, line in enumerate(doc.read_text().splitlines(), 1):
+            for path in re.findall(r"adapter/[\w/]+\.py", line):
+                if not (ROOT / path).is_file():
+                    missing.append(f"{doc.relative_to(ROOT)}:{number}: {path}")
+    assert not missing, "docs name modules that do not exist:\n" + "\n".join(missing)
+
+
 def test_shipped_files_cite_no_document_outside_the_repository():
     """No shipped file points its reader at a document they do not have (the product brief,
     the notes behind it, tracker issues): a rule is written where it is used or in the

@@ -7,7 +7,7 @@ odd timestamps, UUIDs and IPs, unknown fields, missing required ones, non-string
 custom_context shapes, bad extras in open objects...).  One defect at a time, so each check is
 reached with everything else valid.  For every record the fast check says valid exactly when
 marshmallow reports no errors, and the public functions return marshmallow's own errors.  The
-tables of tests/test_records.py are replayed too.
+tables of adapter/testing/record_samples.py are replayed too.
 """
 
 from __future__ import annotations
@@ -20,12 +20,12 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
-import test_records as table
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from marshmallow import Schema, fields, missing, post_load, validate
 
-from adapter import records
+from adapter import record_check, record_fields, records
+from adapter.testing import record_samples as table
 
 NAN = float("nan")
 INF = float("inf")
@@ -697,15 +697,20 @@ class _PostLoad(Schema):
 @pytest.mark.parametrize(
     "build",
     [
-        pytest.param(lambda: records._compile_field(fields.Integer()), id="unknown-field-class"),
         pytest.param(
-            lambda: records._compile_field(records._String(validate=validate.Regexp("x"))),
+            lambda: record_check._compile_field(fields.Integer()), id="unknown-field-class"
+        ),
+        pytest.param(
+            lambda: record_check._compile_field(
+                record_fields.String(validate=validate.Regexp("x"))
+            ),
             id="unknown-validator",
         ),
         pytest.param(
-            lambda: records._compile_field(records._String(allow_none=True)), id="allow-none"
+            lambda: record_check._compile_field(record_fields.String(allow_none=True)),
+            id="allow-none",
         ),
-        pytest.param(lambda: records._compile_schema(_PostLoad()), id="unknown-hook"),
+        pytest.param(lambda: record_check._compile_schema(_PostLoad()), id="unknown-hook"),
     ],
 )
 def test_compiler_refuses_what_it_does_not_know(build: Any) -> None:

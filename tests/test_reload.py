@@ -101,7 +101,7 @@ def test_removed_file_keeps_last_good(app, folder):
 
 def test_running_service_picks_up_edits(tmp_path, folder):
     """With serve running: a new rule reaches Miso as the new type; a bad edit changes nothing."""
-    from test_service import MISO_KEY, Service
+    from adapter.testing.service import MISO_KEY, Service
 
     with FakeMiso(api_key=MISO_KEY) as miso:
         service = Service(tmp_path, miso)

@@ -1,7 +1,7 @@
 """End to end: `miso-adapter replay mixpanel` as a user runs it, into a fake Miso.
 
 Every test runs the real command line in a subprocess with a clean environment, on a
-deterministic export from ``bench/mixpanel_export.py`` (mixpanel-js rows, server-side
+deterministic export from ``adapter/testing/mixpanel_export.py`` (mixpanel-js rows, server-side
 imports, identity rows, hot shards, duplicate lines, unsorted times), and compares what
 the fake Miso received with what the export holds: each event that maps to a record
 carries a unique tag (``p-<n>``, ``q-<n>``, ``h-<n>``) and its true UTC time.
@@ -10,7 +10,6 @@ carries a unique tag (``p-<n>``, ``q-<n>``, ``h-<n>``) and its true UTC time.
 from __future__ import annotations
 
 import gzip
-import os
 import re
 import signal
 import subprocess
@@ -26,9 +25,8 @@ import pytest
 from adapter.replay import checkpoint_name
 from adapter.store import StoreError, open_store
 from adapter.testing import FakeMiso, RequestLog
-
-sys.path.append(str(Path(__file__).resolve().parent.parent / "bench"))
-from mixpanel_export import Export, read_jsonl, record_key, write_export
+from adapter.testing.mixpanel_export import Export, read_jsonl, record_key, write_export
+from adapter.testing.service import clean_env
 
 MISO_KEY = "miso-replay-key"
 LA = "America/Los_Angeles"
@@ -40,11 +38,7 @@ class Replay:
     def __init__(self, folder: Path, miso: FakeMiso) -> None:
         self.folder = folder
         self.store_url = f"sqlite:///{folder}/adapter.db"  # folder is absolute: 4 slashes
-        self.env = {
-            k: v for k, v in os.environ.items()
-            if not k.startswith(("MISO_", "SEGMENT_", "ADAPTER_", "MAPPINGS_"))
-        }  # fmt: skip
-        self.env.update(
+        self.env = clean_env(
             MISO_API_URL=miso.url,
             MISO_API_KEY=MISO_KEY,
             ADAPTER_STORE=self.store_url,

@@ -10,7 +10,6 @@ was written.
 from __future__ import annotations
 
 import gzip
-import os
 import random
 import subprocess
 import sys
@@ -20,6 +19,7 @@ import orjson
 import pytest
 
 from adapter.testing import FakeMiso
+from adapter.testing.service import clean_env
 
 MISO_KEY = "miso-records-key"
 
@@ -28,11 +28,7 @@ class Cli:
     """The miso-adapter command line against one store and the fake Miso."""
 
     def __init__(self, folder: Path, miso: FakeMiso) -> None:
-        self.env = {
-            k: v for k, v in os.environ.items()
-            if not k.startswith(("MISO_", "SEGMENT_", "ADAPTER_", "MAPPINGS_"))
-        }  # fmt: skip
-        self.env.update(
+        self.env = clean_env(
             MISO_API_URL=miso.url,
             MISO_API_KEY=MISO_KEY,
             ADAPTER_STORE=f"sqlite:///{folder}/adapter.db",

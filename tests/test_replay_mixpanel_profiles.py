@@ -11,7 +11,6 @@ each one valid for Miso's UserRecord schema, and reading them again sends nothin
 from __future__ import annotations
 
 import gzip
-import os
 import subprocess
 import sys
 from importlib import resources
@@ -29,6 +28,7 @@ from adapter.sources.inputs import open_path
 from adapter.sources.mixpanel_profiles import NOT_A_PROFILE, MixpanelProfilesSource, dedup_key
 from adapter.store import open_store
 from adapter.testing import FakeMiso
+from adapter.testing.service import clean_env
 
 MISO_KEY = "miso-profiles-key"
 
@@ -334,11 +334,7 @@ class Cli:
 
     def __init__(self, folder: Path, miso: FakeMiso) -> None:
         self.store_url = f"sqlite:///{folder}/adapter.db"  # folder is absolute: 4 slashes
-        self.env = {
-            k: v for k, v in os.environ.items()
-            if not k.startswith(("MISO_", "SEGMENT_", "ADAPTER_", "MAPPINGS_", "MIXPANEL_"))
-        }  # fmt: skip
-        self.env.update(
+        self.env = clean_env(
             MISO_API_URL=miso.url,
             MISO_API_KEY=MISO_KEY,
             ADAPTER_STORE=self.store_url,

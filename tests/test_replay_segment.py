@@ -1,7 +1,7 @@
 """End to end: `miso-adapter replay segment` on a Segment archive, into a fake Miso.
 
 Every test runs the real command line in a subprocess with a clean environment, on a
-deterministic archive from ``bench/segment_archive.py``: the layout Segment's Amazon S3
+deterministic archive from ``adapter/testing/segment_archive.py``: the layout Segment's Amazon S3
 destination writes (``segment-logs/<source-id>/<day>/<hour>.<hex>.gz``, gzip JSON Lines),
 three sources (a web shop, an iOS app, a backend), anonymous visitors who sign in later,
 and 2% of messages redelivered by Segment in a later file. Each message that maps to a
@@ -13,12 +13,9 @@ sign-in linked the visitor to an account.
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import hmac
 import os
 import re
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -26,25 +23,15 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import orjson
 import pytest
-import requests
 
 from adapter.testing import FakeMiso
-
-sys.path.append(str(Path(__file__).resolve().parent.parent / "bench"))
-from segment_archive import Archive, Entry, read_jsonl, record_key, write_archive
+from adapter.testing.segment_archive import Archive, Entry, read_jsonl, record_key, write_archive
+from adapter.testing.service import Service as RunningService
+from adapter.testing.service import clean_env
 
 MISO_KEY = "miso-replay-key"
-SECRET = "segment-shared-secret"
 HOUR_MS = 3_600_000
-
-
-def _clean_env() -> dict[str, str]:
-    return {
-        k: v for k, v in os.environ.items()
-        if not k.startswith(("MISO_", "SEGMENT_", "ADAPTER_", "MAPPINGS_"))
-    }  # fmt: skip
 
 
 class Replay:
@@ -53,8 +40,7 @@ class Replay:
     def __init__(self, folder: Path, miso: FakeMiso) -> None:
         self.folder = folder
         self.store_url = f"sqlite:///{folder}/adapter.db"  # folder is absolute: 4 slashes
-        self.env = _clean_env()
-        self.env.update(
+        self.env = clean_env(
             MISO_API_URL=miso.url,
             MISO_API_KEY=MISO_KEY,
             ADAPTER_STORE=self.store_url,
@@ -97,67 +83,15 @@ class Replay:
                 return 0
 
 
-class Service:
+class Service(RunningService):
     """`miso-adapter serve` on the same store, in its own process group, log kept."""
 
     def __init__(self, folder: Path, miso: FakeMiso) -> None:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = folder / "service.log"
-        self.env = _clean_env()
-        self.env.update(
-            MISO_API_URL=miso.url,
-            MISO_API_KEY=MISO_KEY,
-            ADAPTER_STORE=f"sqlite:///{folder}/adapter.db",
-            SEGMENT_SHARED_SECRET=SECRET,
-            ADAPTER_BACKOFF_BASE="0.05",
-            ADAPTER_BACKOFF_CAP="0.2",
-        )
-        self.process: subprocess.Popen | None = None
+        super().__init__(folder, miso, miso_key=MISO_KEY)
 
-    def __enter__(self) -> Service:
-        with self.log.open("ab") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "adapter.cli", "serve", "--bind", f"127.0.0.1:{self.port}",
-                 "--workers", "2"],
-                env=self.env, stdout=log, stderr=log, start_new_session=True,
-            )  # fmt: skip
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            with contextlib.suppress(requests.RequestException):
-                if requests.get(f"{self.url}/healthz", timeout=1).status_code == 200:
-                    return self
-            assert self.process.poll() is None, f"service died:\n{self.tail()}"
-            time.sleep(0.1)
-        self.__exit__()
-        raise AssertionError(f"service did not start:\n{self.tail()}")
-
-    def __exit__(self, *exc_info: object) -> None:
-        if self.process is None:
-            return
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
-        with contextlib.suppress(ProcessLookupError):  # nothing of it may outlive it
-            os.killpg(self.process.pid, signal.SIGKILL)
-
-    def tail(self) -> str:
-        return self.log.read_text(errors="replace")[-4000:] if self.log.exists() else ""
-
-    def post(self, messages: list[dict]) -> dict:
+    def post(self, messages: list[dict]) -> dict:  # type: ignore[override]
         """One signed ``POST /segment`` of a Webhooks (Actions) batch; its JSON answer."""
-        data = orjson.dumps(messages)
-        signature = hmac.new(SECRET.encode(), data, hashlib.sha1).hexdigest()
-        response = requests.post(
-            f"{self.url}/segment", data=data, timeout=30,
-            headers={"Content-Type": "application/json", "X-Signature": signature},
-        )  # fmt: skip
+        response = super().post("/segment", messages, timeout=30)
         assert response.status_code == 200, f"{response.status_code} {response.text[:500]}"
         return response.json()
 

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import io
-import sys
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import orjson
 
@@ -20,9 +18,7 @@ from adapter.sources import make_source
 from adapter.store import Incoming
 from adapter.store.sqlite import SqliteStore
 from adapter.testing import FakeMiso
-
-sys.path.append(str(Path(__file__).resolve().parent.parent / "bench"))
-from mixpanel_export import record_key, write_export
+from adapter.testing.mixpanel_export import record_key, write_export
 
 
 @contextlib.contextmanager

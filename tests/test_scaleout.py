@@ -19,26 +19,18 @@ from pathlib import Path
 import orjson
 import pytest
 import requests
-from test_service import MISO_KEY, Service, message, product_ids, signature
 
 from adapter.testing import FakeMiso
-
-redis = pytest.importorskip("redis")
-
-sys.path.append(str(Path(__file__).resolve().parent.parent / "bench"))
-from mixpanel_export import record_key, write_export  # noqa: E402
-
-REDIS = "redis://127.0.0.1:6379/0"
+from adapter.testing.mixpanel_export import record_key, write_export
+from adapter.testing.service import MISO_KEY, Service, message, product_ids, signature
+from adapter.testing.stores import REDIS, require_redis
 
 
 @pytest.fixture
 def store_url():
-    """A Redis store URL with a prefix of its own; its keys are deleted afterwards."""
-    client = redis.Redis.from_url(REDIS)
-    try:
-        client.ping()
-    except redis.RedisError as exc:
-        pytest.skip(f"no Redis at {REDIS} ({exc}); .ci/run starts one")
+    """A Redis store URL with a prefix of its own; its keys are deleted afterwards (no Redis:
+    skipped, or failed under MISO_ADAPTER_REQUIRE_REDIS=1)."""
+    client = require_redis(REDIS)
     prefix = f"test-scaleout-{uuid.uuid4().hex[:12]}:"
     yield f"{REDIS}?prefix={prefix}"
     for key in client.scan_iter(match=f"{prefix}*", count=1000):

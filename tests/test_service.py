@@ -7,133 +7,22 @@ what Segment's own Python client sends), and check what the fake Miso received.
 from __future__ import annotations
 
 import base64
-import contextlib
-import hashlib
-import hmac
-import os
-import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
-import uuid
-from pathlib import Path
 
 import orjson
 import pytest
 import requests
 
 from adapter.testing import FakeMiso
-
-SECRET = "segment-shared-secret"
-WRITE_KEY = "wk-test"
-MISO_KEY = "miso-secret-key"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Service:
-    """`miso-adapter serve` in its own process group, with its log kept for failures."""
-
-    def __init__(self, folder: Path, miso: FakeMiso, *, miso_key: str = MISO_KEY) -> None:
-        self.folder = folder
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = folder / f"service-{self.port}.log"
-        self.env = {
-            k: v for k, v in os.environ.items()
-            if not k.startswith(("MISO_", "SEGMENT_", "ADAPTER_", "MAPPINGS_"))
-        }  # fmt: skip
-        self.env.update(
-            MISO_API_URL=miso.url,
-            MISO_API_KEY=miso_key,
-            ADAPTER_STORE=f"sqlite:///{folder}/adapter.db",
-            SEGMENT_SHARED_SECRET=SECRET,
-            SEGMENT_WRITE_KEYS=WRITE_KEY,
-            ADAPTER_BACKOFF_BASE="0.05",
-            ADAPTER_BACKOFF_CAP="0.2",
-            ADAPTER_PAUSE_SECONDS="0.5",
-        )
-        self.process: subprocess.Popen | None = None
-
-    def start(self) -> Service:
-        with self.log.open("ab") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "adapter.cli", "serve", "--bind", f"127.0.0.1:{self.port}",
-                 "--workers", "2"],
-                env=self.env, stdout=log, stderr=log, start_new_session=True,
-            )  # fmt: skip
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            with contextlib.suppress(requests.RequestException):
-                if requests.get(f"{self.url}/healthz", timeout=1).status_code == 200:
-                    return self
-            assert self.process.poll() is None, f"service died:\n{self.tail()}"
-            time.sleep(0.1)
-        raise AssertionError(f"service did not start:\n{self.tail()}")
-
-    def kill9(self) -> None:
-        """SIGKILL the whole service at once: supervisor, gunicorn, workers, forwarder."""
-        os.killpg(self.process.pid, signal.SIGKILL)
-        self.process.wait()
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
-        # Nothing of the service may outlive it (workers, forwarder).
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGKILL)
-
-    def tail(self) -> str:
-        return self.log.read_text(errors="replace")[-4000:] if self.log.exists() else ""
-
-    def cli(self, *args: str) -> subprocess.CompletedProcess:
-        """Run another miso-adapter command against this service's store."""
-        return subprocess.run(
-            [sys.executable, "-m", "adapter.cli", *args],
-            env=self.env, capture_output=True, text=True, timeout=60, check=False,
-        )  # fmt: skip
-
-    def post(self, path: str, body, *, sign: bool = True, raw: bytes | None = None, **headers):
-        data = raw if raw is not None else orjson.dumps(body)
-        headers.setdefault("Content-Type", "application/json")
-        if sign and path == "/segment":
-            headers.setdefault("X-Signature", signature(data))
-        return requests.post(f"{self.url}{path}", data=data, headers=headers, timeout=10)
-
-
-def signature(data: bytes) -> str:
-    return hmac.new(SECRET.encode(), data, hashlib.sha1).hexdigest()
-
-
-def message(event: str = "Product Viewed", **extra) -> dict:
-    """A realistic analytics.js message as Segment's webhook delivers it."""
-    pid = extra.pop("product_id", f"p-{uuid.uuid4().hex[:8]}")
-    return {
-        "type": "track",
-        "event": event,
-        "messageId": f"ajs-next-{uuid.uuid4().hex}",
-        "anonymousId": "anon-1",
-        "timestamp": "2024-05-01T10:00:00.000Z",
-        "receivedAt": "2024-05-01T10:00:00.250Z",
-        "context": {"ip": "203.0.113.7", "library": {"name": "analytics.js"}},
-        "properties": {"product_id": pid, "price": 10},
-        **extra,
-    }
-
-
-def product_ids(miso: FakeMiso) -> list[str]:
-    return [pid for r in miso.records for pid in r.get("product_ids", [])]
+from adapter.testing.service import (
+    MISO_KEY,
+    WRITE_KEY,
+    Service,
+    message,
+    product_ids,
+    signature,
+)
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,7 @@
 Every test taking ``store`` runs once per backend (``test_x[sqlite]``, ``test_x[redis]``),
 so the two stay equivalent. The Redis runs need a Redis at 127.0.0.1:6379 (``.ci/run``
 starts one); each uses a key prefix of its own and deletes its keys afterwards. Tests of
-one backend's own mechanics take ``sqlite_store`` or ``redis_store``.
+one backend's own mechanics take ``sqlite_store`` or ``redis_store`` (all in conftest.py).
 """
 
 from __future__ import annotations
@@ -11,10 +11,8 @@ from __future__ import annotations
 import contextlib
 import json
 import multiprocessing
-import socket
 import threading
 import time
-import uuid
 
 import orjson
 import pytest
@@ -22,70 +20,8 @@ import pytest
 from adapter.identity import Link
 from adapter.store import Incoming, StoreError, open_store
 from adapter.store.sqlite import SqliteStore
-
-DAY = 86400.0
-REDIS = "redis://127.0.0.1:6379/0"
-
-
-@pytest.fixture(scope="session")
-def redis_client():
-    """A client of the test Redis; the Redis tests skip (saying why) when none answers."""
-    import redis
-
-    client = redis.Redis.from_url(REDIS, socket_connect_timeout=2)
-    try:
-        client.ping()
-    except redis.RedisError as exc:
-        pytest.skip(f"no Redis at {REDIS} ({exc}): start one to test the Redis store")
-    yield client
-    client.close()
-
-
-@contextlib.contextmanager
-def _redis_store(client):
-    """A Redis store with a key prefix of its own; its keys are deleted afterwards."""
-    prefix = f"test-store-{uuid.uuid4().hex[:12]}:"
-    s = open_store(f"{REDIS}?prefix={prefix}")
-    try:
-        yield s
-    finally:
-        s.close()
-        for key in client.scan_iter(match=f"{prefix}*", count=1000):
-            client.delete(key)
-
-
-@pytest.fixture(params=["sqlite", "redis"])
-def store(request, tmp_path):
-    """A fresh store of each backend: a SQLite file in a temporary folder, a Redis prefix."""
-    if request.param == "sqlite":
-        s = SqliteStore(tmp_path / "var" / "adapter.db")
-        yield s
-        s.close()
-    else:
-        with _redis_store(request.getfixturevalue("redis_client")) as s:
-            yield s
-
-
-@pytest.fixture
-def sqlite_store(tmp_path):
-    """A fresh SQLite store in a temporary folder."""
-    s = SqliteStore(tmp_path / "var" / "adapter.db")
-    yield s
-    s.close()
-
-
-@pytest.fixture
-def redis_store(redis_client):
-    """A fresh Redis store (a key prefix of its own)."""
-    with _redis_store(redis_client) as s:
-        yield s
-
-
-def url_of(store) -> str:
-    """The ADAPTER_STORE URL of ``store``: another process opens the same store with it."""
-    if isinstance(store, SqliteStore):
-        return f"sqlite:///{store.path.resolve()}"
-    return f"{REDIS}?prefix={store.prefix}"
+from adapter.testing.ports import closed_port as _closed_port
+from adapter.testing.stores import DAY, url_of
 
 
 def rec(n: int) -> bytes:
@@ -789,12 +725,6 @@ def test_redis_urls():
         with pytest.raises(StoreError, match=message) as error:
             open_store(url)
         assert "pw" not in str(error.value)
-
-
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_an_unreachable_redis_is_a_store_error_without_the_password():

@@ -1,6 +1,6 @@
 """The store's operator-console operations, on both backends: activity tallies, links overview.
 
-Fixtures come from test_store (``store`` runs each test once per backend); the Redis runs
+Fixtures come from conftest.py (``store`` runs each test once per backend); the Redis runs
 need a Redis at 127.0.0.1:6379 and skip, saying why, without one.
 """
 
@@ -11,18 +11,12 @@ import sqlite3
 import time
 
 import pytest
-import test_store
-from test_store import DAY, _closed_port, url_of
 
 from adapter.identity import Link
 from adapter.store import ACTIVITY_KEEP_MINUTES, Incoming, StoreError, open_store
 from adapter.store.sqlite import SqliteStore
-
-# test_store's fixtures, shared by assignment (an import would shadow the test arguments).
-redis_client = test_store.redis_client
-store = test_store.store
-sqlite_store = test_store.sqlite_store
-redis_store = test_store.redis_store
+from adapter.testing.ports import closed_port as _closed_port
+from adapter.testing.stores import DAY, url_of
 
 
 def now_minute() -> int:

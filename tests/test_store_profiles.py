@@ -13,13 +13,11 @@ import pytest
 
 from adapter.identity import Link, ProfileChange
 from adapter.store import Incoming
-from tests.test_store import redis_client, store  # noqa: F401 - fixtures
-
-DAY = 86400.0
+from adapter.testing.stores import DAY
 
 
 @pytest.fixture(autouse=True)
-def _uploads_ready_at_once(store):  # noqa: F811
+def _uploads_ready_at_once(store):
     """Queued uploads are ready at once here; their wait has a test of its own."""
     store.upload_delay = 0.0
 
@@ -28,22 +26,22 @@ def change(user=None, anonymous=None, at=None, table="segment", **parts) -> Prof
     return ProfileChange(user, anonymous, parts, time.time() if at is None else at, table)
 
 
-def accept(store, *items: Incoming) -> list[bool]:  # noqa: F811
+def accept(store, *items: Incoming) -> list[bool]:
     return store.accept(list(items), DAY)
 
 
-def profile(store, any_id):  # noqa: F811
+def profile(store, any_id):
     found = store.profile_of(any_id)
     return None if found is None else found["data"]
 
 
-def queued_users(store):  # noqa: F811
+def queued_users(store):
     """The user ids of the ``user`` uploads ready now, leased (and so taken off the queue)."""
     claimed = store.claim("user", 1000, 1 << 20, 30.0, "test")
     return [orjson.loads(item.body)["user_id"] for item in claimed], claimed
 
 
-def test_changes_merge_later_values_win_and_null_removes(store):  # noqa: F811
+def test_changes_merge_later_values_win_and_null_removes(store):
     """A later trait wins, an explicit null removes one, and other traits stay."""
     accept(store, Incoming("k1", profiles=[change("u1", traits={"name": "Ada", "city": "Paris"})]))
     accept(store, Incoming("k2", profiles=[change("u1", traits={"age": 36, "city": None})]))
@@ -53,7 +51,7 @@ def test_changes_merge_later_values_win_and_null_removes(store):  # noqa: F811
     }
 
 
-def test_profiles_of_two_sources_are_kept_apart(store):  # noqa: F811
+def test_profiles_of_two_sources_are_kept_apart(store):
     """Each table's traits are merged on their own (each is read by its own table)."""
     accept(store, Incoming("k1", profiles=[change("u1", traits={"name": "Ada"})]))
     accept(
@@ -70,7 +68,7 @@ def test_profiles_of_two_sources_are_kept_apart(store):  # noqa: F811
     }
 
 
-def test_many_changes_queue_one_upload_until_it_reads_the_profile(store):  # noqa: F811
+def test_many_changes_queue_one_upload_until_it_reads_the_profile(store):
     """Changes to one user queue one upload; once it has read the profile, the next
     change queues another, so no change waits behind an upload that read too early."""
     for n in range(5):
@@ -84,7 +82,7 @@ def test_many_changes_queue_one_upload_until_it_reads_the_profile(store):  # noq
     assert again == ["u1"]
 
 
-def test_a_duplicate_message_changes_nothing(store):  # noqa: F811
+def test_a_duplicate_message_changes_nothing(store):
     """A redelivered message (same dedup key) is a duplicate: its change is not applied."""
     accept(store, Incoming("k1", profiles=[change("u1", traits={"n": 1})]))
     accept(store, Incoming("k2", profiles=[change("u1", traits={"n": 2})]))
@@ -92,7 +90,7 @@ def test_a_duplicate_message_changes_nothing(store):  # noqa: F811
     assert profile(store, "u1") == {"segment": {"traits": {"n": 2}}}
 
 
-def test_an_anonymous_profile_waits_and_joins_its_user_on_a_link(store):  # noqa: F811
+def test_an_anonymous_profile_waits_and_joins_its_user_on_a_link(store):
     """Traits of an anonymous-only message stay under the anonymous id, are never
     uploaded, and join the user's profile when a link names the user (the user's own
     values win)."""
@@ -120,7 +118,7 @@ def test_an_anonymous_profile_waits_and_joins_its_user_on_a_link(store):  # noqa
     assert (stats["profiles"], stats["anonymous_profiles"]) == (1, 0)
 
 
-def test_a_link_alone_joins_an_anonymous_profile(store):  # noqa: F811
+def test_a_link_alone_joins_an_anonymous_profile(store):
     """An alias (a link, no traits) joins the anonymous profile into the user's."""
     accept(store, Incoming("k1", profiles=[change(None, "a1", traits={"name": "Guest"})]))
     accept(store, Incoming("k2", links=[Link("a1", "u1")]))
@@ -128,7 +126,7 @@ def test_a_link_alone_joins_an_anonymous_profile(store):  # noqa: F811
     assert queued_users(store)[0] == ["u1"]
 
 
-def test_an_anonymous_change_after_the_link_goes_to_the_user(store):  # noqa: F811
+def test_an_anonymous_change_after_the_link_goes_to_the_user(store):
     """Once an anonymous id is linked, its later anonymous-only changes are the user's."""
     accept(store, Incoming("k1", links=[Link("a1", "u1")]))
     accept(store, Incoming("k2", profiles=[change(None, "a1", traits={"city": "Lyon"})]))
@@ -136,7 +134,7 @@ def test_an_anonymous_change_after_the_link_goes_to_the_user(store):  # noqa: F8
     assert store.profile_of("a1") is None
 
 
-def test_a_deletion_drops_the_profile_its_uploads_and_older_changes(store):  # noqa: F811
+def test_a_deletion_drops_the_profile_its_uploads_and_older_changes(store):
     """A deletion drops the user's profile (and their anonymous ids' profiles) and queued
     uploads; a change older than the deletion (a late or replayed message) is ignored,
     and a newer one starts a fresh profile."""
@@ -157,7 +155,7 @@ def test_a_deletion_drops_the_profile_its_uploads_and_older_changes(store):  # n
     assert profile(store, "u1") == {"segment": {"traits": {"name": "New"}}}
 
 
-def test_a_deletion_waits_for_an_upload_in_flight(store):  # noqa: F811
+def test_a_deletion_waits_for_an_upload_in_flight(store):
     """An upload being sent when its user is deleted cannot be recalled: the deletion
     notice is held back until that upload settles, so Miso deletes after it."""
     accept(store, Incoming("k1", profiles=[change("u1", traits={"name": "Ada"})]))
@@ -169,7 +167,7 @@ def test_a_deletion_waits_for_an_upload_in_flight(store):  # noqa: F811
     assert [item.kind for item in store.claim("delete", 10, 1 << 20, 30.0, "t")] == ["delete"]
 
 
-def test_enqueue_puts_items_of_a_kind_on_the_spool_after_a_delay(store):  # noqa: F811
+def test_enqueue_puts_items_of_a_kind_on_the_spool_after_a_delay(store):
     """enqueue() adds items (e.g. a Miso task to check later), ready after the delay."""
     ids = store.enqueue("user_task", [b'{"task_id":"t1","user_ids":["u1"]}'], "segment", 0.2)
     assert len(ids) == 1
@@ -183,7 +181,7 @@ def test_enqueue_puts_items_of_a_kind_on_the_spool_after_a_delay(store):  # noqa
 
 
 @pytest.mark.parametrize("kind", ["user", "user_task"])
-def test_user_items_retry_dead_letter_and_requeue_like_records(store, kind):  # noqa: F811
+def test_user_items_retry_dead_letter_and_requeue_like_records(store, kind):
     """The spool's retry, dead-letter and requeue work for the user kinds too."""
     (item_id,) = store.enqueue(kind, [b'{"user_id":"u1"}'], "segment")
     (claimed,) = store.claim(kind, 10, 1 << 20, 30.0, "t")
@@ -198,7 +196,7 @@ def test_user_items_retry_dead_letter_and_requeue_like_records(store, kind):  # 
     assert store.stats()["spool"] == 0
 
 
-def test_an_upload_waits_so_changes_that_follow_share_it(store):  # noqa: F811
+def test_an_upload_waits_so_changes_that_follow_share_it(store):
     """A queued upload is ready only after the store's upload delay: an identify and the
     group call that follows it within the delay go out as one upload."""
     store.upload_delay = 0.3

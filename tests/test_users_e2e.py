@@ -9,18 +9,14 @@ schema, and each test checks the records it stored.
 
 from __future__ import annotations
 
-import sys
 import time
 import uuid
 from collections.abc import Callable
-from pathlib import Path
 
 import pytest
 
 from adapter.testing import FakeMiso
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_service import MISO_KEY, WRITE_KEY, Service
+from adapter.testing.service import MISO_KEY, WRITE_KEY, Service
 
 
 @pytest.fixture(scope="module")

@@ -88,8 +88,24 @@ The package's modules, each for one part (the public names are importable from h
 * ``mixpanel``: :class:`FakeMixpanel`; ``mixpanel_wire``: the Export API's constants,
   :class:`MixpanelRequest` and the streaming handler.
 * ``kafka``: :class:`TansuBroker`, :class:`KafkaMessage`, :class:`TansuNotFound`.
-* ``ports``: ``free_port()``, a loopback port free a moment ago.
+* ``ports``: ``free_port()``, a loopback port free a moment ago; ``closed_port()``, one
+  nothing listens on.
 * ``command``: ``main()``, the command line behind ``python -m adapter.testing``.
+
+The test suite's harness lives here too, in modules imported by name (not re-exported: some
+need pytest or Hypothesis, which come with the ``test`` extra):
+
+* ``service``: the real ``miso-adapter serve`` as a subprocess on a free port, from a clean
+  environment, and signed Segment messages to send it.
+* ``stores``: the test Redis (a test without one skips, or fails when
+  ``MISO_ADAPTER_REQUIRE_REDIS=1``) and store URLs for other processes.
+* ``mixpanel_export``, ``segment_archive`` (with ``segment_messages``): deterministic,
+  realistic inputs — a Mixpanel raw export, a Segment archive in the S3 destination's
+  layout — also behind ``python -m adapter.testing.mixpanel_export`` and
+  ``python -m adapter.testing.segment_archive``; the benchmarks use the same generators.
+* ``record_samples``: Miso records, valid and not, as tables of pytest cases;
+  ``strategies``: Hypothesis strategies of hostile input; ``prometheus``: ``/metrics``
+  text read back into numbers.
 """
 
 from __future__ import annotations

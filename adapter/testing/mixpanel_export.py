@@ -1,7 +1,7 @@
 """A deterministic, realistic Mixpanel raw export (JSON Lines), for tests and benchmarks.
 
-    python bench/mixpanel_export.py OUT.jsonl [--lines 100000] [--seed N] [--gzip]
-                                    [--tz America/Los_Angeles] [--start 2024-01-01]
+    python -m adapter.testing.mixpanel_export OUT.jsonl [--lines 100000] [--seed N] [--gzip]
+                                              [--tz America/Los_Angeles] [--start 2024-01-01]
 
 What the file holds (row shapes as Mixpanel documents its raw export and mixpanel-js):
 
