@@ -21,6 +21,8 @@ from adapter.testing import (
     FakeMiso,
     RequestLog,
 )
+from adapter.testing.ports import closed_port
+from adapter.testing.stores import REQUIRE_REDIS, require_redis
 
 KEY = "test-key"
 PAGE_VIEW = {
@@ -468,3 +470,18 @@ def test_command_line_serves_until_terminated():
     assert "POST /v1/interactions -> 200 (1 records)" in out
     assert f"  {orjson.dumps(PAGE_VIEW).decode()}" in out.splitlines()
     assert "1 records accepted" in out
+
+
+# ------------------------------------------------------------------ the harness
+
+
+def test_a_missing_redis_skips_a_test_unless_redis_is_required(monkeypatch):
+    """No Redis at the URL: the test skips, naming it; with MISO_ADAPTER_REQUIRE_REDIS=1
+    (as CI sets) the same reason fails it."""
+    url = f"redis://127.0.0.1:{closed_port()}/0"
+    monkeypatch.delenv(REQUIRE_REDIS, raising=False)
+    with pytest.raises(pytest.skip.Exception, match=f"no Redis at {url}"):
+        require_redis(url)
+    monkeypatch.setenv(REQUIRE_REDIS, "1")
+    with pytest.raises(pytest.fail.Exception, match=f"no Redis at {url}"):
+        require_redis(url)
