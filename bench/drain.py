@@ -70,7 +70,7 @@ from common import (  # noqa: E402
 )
 
 FILL_BATCH = 10_000
-REDIS_URL = "redis://127.0.0.1:6379/0"  # the one tests/test_store.py uses
+REDIS_URL = "redis://127.0.0.1:6379/0"  # the tests' Redis (adapter/testing/stores.py)
 PAGE = 1_000  # the forwarder's batch size, and Miso's SDK's
 
 # (type, weight): roughly what a shop's Segment stream becomes once translated.

@@ -1,7 +1,7 @@
 """End to end: identity reconciliation (README.md § Identity) through `serve` and `replay`.
 
 The service runs as a user starts it (``miso-adapter serve`` in a subprocess, see
-tests/test_service.py); the Mixpanel export goes through the real ``replay mixpanel``
+adapter/testing/service.py); the Mixpanel export goes through the real ``replay mixpanel``
 command. Links are learned on intake and applied by the forwarder at send time, so each
 test checks the records the fake Miso actually received over HTTP.
 """

@@ -577,7 +577,8 @@ TABLE = [
 
 @pytest.mark.parametrize(("record", "expected"), TABLE)
 def test_table_records_agree(record: object, expected: bool) -> None:
-    """Every record of test_records.py's tables gets the same verdict from both paths."""
+    """Every record of the sample tables (adapter/testing/record_samples.py) gets the same
+    verdict from both paths."""
     reference = records._checked_errors(record)
     assert (reference == {}) is expected
     assert records._fast_valid(record) is expected

@@ -431,7 +431,7 @@ def test_reprs_hide_secrets(tmp_path):
 
 def test_served_service_keeps_secrets_out_of_its_log(tmp_path):
     """`miso-adapter serve` with a refused key: its log and /readyz never show a secret."""
-    from adapter.testing.service import Service  # the real `serve`, as test_service.py runs it
+    from adapter.testing.service import Service  # the real `serve`, as the end-to-end tests run it
 
     with FakeMiso(api_key="the-good-key") as miso:
         service = Service(tmp_path, miso, miso_key=MISO_KEY)

@@ -1,7 +1,7 @@
 """End to end: user profiles from Segment to Miso's Users API through `serve`.
 
 The service runs as a user starts it (``miso-adapter serve`` in a subprocess, see
-tests/test_service.py). identify and group calls come from Segment's own Python client
+adapter/testing/service.py). identify and group calls come from Segment's own Python client
 (``segment-analytics-python``) pointed at the adapter, deletions as Segment's webhook
 delivers them; the fake Miso validates every user record against Miso's ``UserRecord``
 schema, and each test checks the records it stored.
