@@ -11,8 +11,10 @@ from __future__ import annotations
 import contextlib
 import json
 import multiprocessing
+import re
 import threading
 import time
+from importlib.resources import files
 
 import orjson
 import pytest
@@ -840,3 +842,24 @@ def test_forwarders_gone_for_long_are_forgotten(redis_store, redis_client):
     time.sleep(0.1)
     redis_store.purge_expired()
     assert consumers() == {b"busy"}  # still holds a lease
+
+
+def test_every_redis_script_says_its_keys_arguments_and_answer():
+    """Each Lua script of the Redis store opens with a header naming what it does, its KEYS,
+    each ARGV position its code reads, and what it returns: the header is the script's
+    contract with the Python that calls it."""
+    folder = files("adapter.store") / "lua"
+    scripts = sorted(p for p in folder.iterdir() if p.name.endswith(".lua"))
+    assert len(scripts) > 10
+    for script in scripts:
+        lines = script.read_text(encoding="utf-8").splitlines()
+        header = "\n".join(
+            line for line in lines if line.startswith("--") and line == line.lstrip()
+        )
+        code = "\n".join(line for line in lines if not line.startswith("--"))
+        name = script.name
+        assert lines[0].startswith(f"-- {name[:-4]}: "), f"{name}: no summary line"
+        assert "-- KEYS" in header and "-- Returns" in header, f"{name}: no KEYS or Returns"
+        documented = {int(n) for n in re.findall(r"^-- ARGV\[(\d+)", header, re.M)}
+        read = {int(n) for n in re.findall(r"ARGV\[(\d+)\]", code)}
+        assert read <= documented, f"{name}: ARGV {sorted(read - documented)} not in its header"
