@@ -9,6 +9,7 @@ one backend's own mechanics take ``sqlite_store`` or ``redis_store`` (all in con
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import multiprocessing
 import re
@@ -863,3 +864,24 @@ def test_every_redis_script_says_its_keys_arguments_and_answer():
         documented = {int(n) for n in re.findall(r"^-- ARGV\[(\d+)", header, re.M)}
         read = {int(n) for n in re.findall(r"ARGV\[(\d+)\]", code)}
         assert read <= documented, f"{name}: ARGV {sorted(read - documented)} not in its header"
+
+
+@pytest.mark.parametrize("role", ["Spool", "Links", "Status", "ConsoleReads", "Store"])
+def test_both_backends_implement_each_role_with_its_signatures(role):
+    """Every method of a store role exists on both backends with the role's parameters, so
+    code typed against a role works on either store."""
+    from adapter import store as store_module
+    from adapter.store.redis import RedisStore
+
+    protocol = getattr(store_module, role)
+    methods = [
+        name
+        for name, value in vars(protocol).items()
+        if callable(value) and not name.startswith("_")
+    ]
+    assert methods, f"{role} names no methods"
+    for backend in (SqliteStore, RedisStore):
+        for name in methods:
+            wanted = inspect.signature(getattr(protocol, name)).parameters
+            got = inspect.signature(getattr(backend, name)).parameters
+            assert list(got) == list(wanted), f"{backend.__name__}.{name}{list(got)}"
