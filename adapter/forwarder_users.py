@@ -20,6 +20,8 @@ from adapter.miso import Outcome, named_records
 from adapter.store import Claimed
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from adapter.forwarder import ForwarderSettings
     from adapter.miso import MisoClient
     from adapter.store import Store
@@ -43,6 +45,19 @@ class UserForwarding:
     settings: ForwarderSettings
     users: UsersTables
     owner: str
+
+    if TYPE_CHECKING:  # the forwarder's own send-and-settle loop, which this part uses
+
+        def _deliver(
+            self,
+            items: list[Claimed],
+            send: Callable[[list[bytes]], Outcome],
+            accepted: Callable[[list[Claimed], Outcome], None] | None = None,
+        ) -> None: ...
+
+        def _settle(self, items: list[Claimed], outcome: Outcome) -> list[list[Claimed]]: ...
+
+        def _dead_lettered(self, kind: str, why: str, n: int) -> None: ...
 
     def _forward_deletions(self) -> int:
         s = self.settings
