@@ -32,32 +32,23 @@ _DEFAULT_TIMEOUT = 10.0  # seconds for any one command
 # the one list of them.
 _LUA_KINDS = "local KINDS = {" + ", ".join(f"'{kind}'" for kind in KINDS) + "}\n"
 
-# The scripts that start with the prelude: each takes the key prefix as ARGV[1] and works
-# out its keys from it. Run by name through RedisDb._run.
-_SCRIPTS = (
-    "accept",
-    "find",
-    "enqueue",
-    "take_profiles",
-    "claim",
-    "ack",
-    "unsent",
-    "dead_letter",
-    "requeue",
-    "purge_dead",
-    "stats",
-    "links_of",
-    "links_overview",
-    "upkeep",
-)
 # The named leases touch one key each, given as KEYS: no prelude, no prefix.
 _LEASES = {"take": "take_lease", "drop": "drop_lease"}
+_LUA_FOLDER = files("adapter.store") / "lua"
 
 
 def _lua(name: str) -> str:
     """The source of ``adapter/store/lua/<name>.lua`` (package data, so also when installed)."""
-    return (files("adapter.store") / "lua" / f"{name}.lua").read_text(encoding="utf-8")
+    return (_LUA_FOLDER / f"{name}.lua").read_text(encoding="utf-8")
 
+
+# Every other script starts with the prelude: it takes the key prefix as ARGV[1] and
+# works out its keys from it. Run by its file's name through RedisDb._run.
+_SCRIPTS = sorted(
+    entry.name.removesuffix(".lua")
+    for entry in _LUA_FOLDER.iterdir()
+    if entry.name.endswith(".lua") and entry.name[:-4] not in {"prelude", *_LEASES.values()}
+)
 
 # Read once, when the module is imported.
 _PRELUDE = _LUA_KINDS + _lua("prelude")
