@@ -11,9 +11,7 @@ The stores: ``store`` runs a test once per backend (``test_x[sqlite]``, ``test_x
 
 from __future__ import annotations
 
-import contextlib
 import uuid
-from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
 
@@ -88,31 +86,6 @@ def redis_client():
     client.close()
 
 
-@contextlib.contextmanager
-def _redis_store(client) -> Iterator:
-    """A Redis store with a key prefix of its own; its keys are deleted afterwards."""
-    prefix = f"test-store-{uuid.uuid4().hex[:12]}:"
-    s = open_store(f"{REDIS}?prefix={prefix}")
-    try:
-        yield s
-    finally:
-        s.close()
-        for key in client.scan_iter(match=f"{prefix}*", count=1000):
-            client.delete(key)
-
-
-@pytest.fixture(params=["sqlite", "redis"])
-def store(request, tmp_path):
-    """A fresh store of each backend: a SQLite file in a temporary folder, a Redis prefix."""
-    if request.param == "sqlite":
-        s = SqliteStore(tmp_path / "var" / "adapter.db")
-        yield s
-        s.close()
-    else:
-        with _redis_store(request.getfixturevalue("redis_client")) as s:
-            yield s
-
-
 @pytest.fixture
 def sqlite_store(tmp_path):
     """A fresh SQLite store in a temporary folder."""
@@ -123,6 +96,16 @@ def sqlite_store(tmp_path):
 
 @pytest.fixture
 def redis_store(redis_client):
-    """A fresh Redis store (a key prefix of its own)."""
-    with _redis_store(redis_client) as s:
-        yield s
+    """A fresh Redis store: a key prefix of its own, whose keys are deleted afterwards."""
+    prefix = f"test-store-{uuid.uuid4().hex[:12]}:"
+    s = open_store(f"{REDIS}?prefix={prefix}")
+    yield s
+    s.close()
+    for key in redis_client.scan_iter(match=f"{prefix}*", count=1000):
+        redis_client.delete(key)
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def store(request):
+    """A fresh store of each backend: a SQLite file in a temporary folder, a Redis prefix."""
+    return request.getfixturevalue(f"{request.param}_store")
